@@ -1,0 +1,850 @@
+//! [`TieredStore`]: the composition of a cache tier and an optional durable tier.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    hash::{BuildHasher, RandomState},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use tower_sessions_core::{
+    session::{Id, Record},
+    session_store, ExpiredDeletion, SessionStore,
+};
+
+use crate::{
+    envelope::{self, DecodeError, Entry, SessionEnvelope},
+    metrics as names, CacheTier, Clock, ConfigError, DurableTier, Error, StorageKey, StoredSession,
+    SystemClock, TierError, TierErrorKind,
+};
+
+/// The key under which the store keeps its bookkeeping in the session data it hands to
+/// tower-sessions: the version, creation time and idle timeout the record was loaded with,
+/// and a digest of the loaded data.
+///
+/// It lets `save` tell a read-only request (which `SessionManagerLayer` with
+/// `with_always_save(true)` saves on every request) from a change without keeping any state
+/// between `load` and `save`: unchanged data is not written back, so a read-only request
+/// costs no durable statement and can never overwrite a concurrent request's change.
+/// Applications must not write this key; it is never stored.
+pub const REVISION_KEY: &str = "_tiered_sessions";
+
+/// How close a save's idle timeout must be to the store's default to count as the default.
+/// `Session::expiry_date()` is computed a moment before `save`, so it is a few microseconds
+/// short of the configured timeout.
+const IDLE_SNAP: Duration = Duration::from_secs(1);
+
+/// How many fresh ids `create` tries before giving up (a collision of 128-bit random ids
+/// is already astronomically unlikely once).
+const MAX_ID_ATTEMPTS: u32 = 8;
+
+/// How long a deleted session's tombstone stays in the cache. It must outlive any refill
+/// that read the session from the durable tier before the delete; refills older than
+/// [`REFILL_WINDOW`] are dropped, so this leaves a wide margin.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+
+/// A refill whose durable read started longer ago than this is not written to the cache:
+/// a delete may have happened meanwhile and its tombstone may have expired.
+const REFILL_WINDOW: Duration = Duration::from_secs(10);
+
+/// At most this many durable touches run in the background at once; beyond it, touches
+/// are skipped and retried by a later read (the touch slack covers it).
+const MAX_TOUCHES_IN_FLIGHT: usize = 256;
+
+/// A [`SessionStore`] that keeps sessions in a cache tier with sliding expiry and, when a
+/// durable tier is configured, writes them through to it.
+///
+/// | operation | cache tier | durable tier |
+/// |---|---|---|
+/// | `load`, hit | one `GETEX … PX idle` | nothing, or one touch per `touch_interval` (in the background) |
+/// | `load`, miss | `GETEX`, then a refill that never overwrites a newer entry | one `SELECT` |
+/// | `save`, data unchanged | nothing | nothing |
+/// | `save`, data changed | conditional `SET PX` after the durable write | one `UPDATE` (never re-creates a deleted session) |
+/// | `create` | `SET NX PX` | `INSERT … ON CONFLICT DO NOTHING`, retried with a new id on conflict |
+/// | `delete` | a tombstone that stops stale refills | `DELETE` |
+///
+/// Without a durable tier, losing the cache loses the sessions in it.
+///
+/// Build it with [`TieredStore::builder`]. Cloning is cheap and shares the store.
+#[derive(Clone)]
+pub struct TieredStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cache: Arc<dyn CacheTier>,
+    durable: Option<Arc<dyn DurableTier>>,
+    idle_timeout: Duration,
+    touch_interval: Duration,
+    absolute_lifetime: Option<Duration>,
+    max_session_bytes: usize,
+    sweep_batch_size: u32,
+    clock: Arc<dyn Clock>,
+    digests: RandomState,
+    touches_in_flight: Mutex<HashSet<StorageKey>>,
+}
+
+impl fmt::Debug for TieredStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("TieredStore")
+            .field("cache", &inner.cache)
+            .field("durable", &inner.durable)
+            .field("idle_timeout", &inner.idle_timeout)
+            .field("touch_interval", &inner.touch_interval)
+            .field("absolute_lifetime", &inner.absolute_lifetime)
+            .field("max_session_bytes", &inner.max_session_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`TieredStore`]; see [`TieredStore::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct TieredStoreBuilder {
+    cache: Arc<dyn CacheTier>,
+    durable: Option<Arc<dyn DurableTier>>,
+    idle_timeout: Duration,
+    touch_interval: Option<Duration>,
+    absolute_lifetime: Option<Duration>,
+    max_session_bytes: usize,
+    sweep_batch_size: u32,
+    clock: Arc<dyn Clock>,
+}
+
+impl TieredStore {
+    /// Starts configuring a store over `cache`.
+    pub fn builder(cache: impl CacheTier) -> TieredStoreBuilder {
+        TieredStoreBuilder {
+            cache: Arc::new(cache),
+            durable: None,
+            idle_timeout: TieredStoreBuilder::DEFAULT_IDLE_TIMEOUT,
+            touch_interval: None,
+            absolute_lifetime: None,
+            max_session_bytes: TieredStoreBuilder::DEFAULT_MAX_SESSION_BYTES,
+            sweep_batch_size: TieredStoreBuilder::DEFAULT_SWEEP_BATCH_SIZE,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The default idle timeout: sessions not used for this long expire.
+    pub fn idle_timeout(&self) -> Duration {
+        self.inner.idle_timeout
+    }
+
+    /// The interval at which an active session's durable expiry is refreshed.
+    pub fn touch_interval(&self) -> Duration {
+        self.inner.touch_interval
+    }
+
+    /// The absolute lifetime, if any.
+    pub fn absolute_lifetime(&self) -> Option<Duration> {
+        self.inner.absolute_lifetime
+    }
+
+    /// Whether a durable tier is configured.
+    pub fn is_durable(&self) -> bool {
+        self.inner.durable.is_some()
+    }
+
+    /// Deletes expired rows from the durable tier in batches of the configured size until
+    /// none is left; returns how many were deleted. A no-op without a durable tier (the
+    /// cache expires entries itself). Safe to run on several instances at once.
+    pub async fn sweep_expired(&self) -> Result<u64, Error> {
+        let Some(durable) = &self.inner.durable else {
+            return Ok(0);
+        };
+        let batch = self.inner.sweep_batch_size;
+        let mut total = 0;
+        loop {
+            let now = self.inner.clock.now();
+            let deleted = durable
+                .delete_expired(now, batch)
+                .await
+                .map_err(|e| durable_error(e, "sweep"))?;
+            total += deleted;
+            if deleted < u64::from(batch) {
+                return Ok(total);
+            }
+            // Yield between batches so a large backlog does not hog the runtime.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+impl TieredStoreBuilder {
+    /// Default idle timeout: 30 minutes, a common web default.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+    /// Default limit on encoded session data: 256 KiB. Sessions are read on every request;
+    /// anything larger belongs in the database, referenced from the session.
+    pub const DEFAULT_MAX_SESSION_BYTES: usize = 256 * 1024;
+    /// Default number of rows the sweeper deletes per statement: small enough to keep each
+    /// statement's locks and WAL short.
+    pub const DEFAULT_SWEEP_BATCH_SIZE: u32 = 1000;
+
+    /// Adds a durable tier: the source of truth, written through on every change.
+    pub fn with_durable(mut self, durable: impl DurableTier) -> Self {
+        self.durable = Some(Arc::new(durable));
+        self
+    }
+
+    /// Sets the idle timeout (default [`Self::DEFAULT_IDLE_TIMEOUT`]): a session not used
+    /// for this long expires; every request that presents it, reads included, restarts the
+    /// clock. A session can override it with `Session::set_expiry`.
+    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// Sets how often an active session's durable expiry is refreshed (default: a tenth of
+    /// the idle timeout).
+    ///
+    /// Reads slide the cache expiry on every request, but write the durable tier at most
+    /// once per interval per session. The durable expiry is written as `now + idle +
+    /// touch_interval`, so it never expires a live session early; the price is that a
+    /// session whose cache entry is lost can outlive its idle timeout by at most this
+    /// interval. Shorter means tighter expiry and more durable writes.
+    pub fn with_touch_interval(mut self, touch_interval: Duration) -> Self {
+        self.touch_interval = Some(touch_interval);
+        self
+    }
+
+    /// Caps every session's life at this long after creation, however active (default:
+    /// none).
+    pub fn with_absolute_lifetime(mut self, absolute_lifetime: Duration) -> Self {
+        self.absolute_lifetime = Some(absolute_lifetime);
+        self
+    }
+
+    /// Sets the limit on encoded session data (default
+    /// [`Self::DEFAULT_MAX_SESSION_BYTES`]); larger saves fail before anything is written.
+    pub fn with_max_session_bytes(mut self, max_session_bytes: usize) -> Self {
+        self.max_session_bytes = max_session_bytes;
+        self
+    }
+
+    /// Sets how many expired rows one sweep statement deletes (default
+    /// [`Self::DEFAULT_SWEEP_BATCH_SIZE`]).
+    pub fn with_sweep_batch_size(mut self, sweep_batch_size: u32) -> Self {
+        self.sweep_batch_size = sweep_batch_size;
+        self
+    }
+
+    /// Replaces the clock the expiry logic reads (default: the system clock). For tests.
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Validates the configuration and builds the store.
+    pub fn build(self) -> Result<TieredStore, ConfigError> {
+        let idle = self.idle_timeout;
+        if idle.is_zero() {
+            return Err(ConfigError::Zero("idle_timeout"));
+        }
+        let touch = self.touch_interval.unwrap_or(idle / 10);
+        if touch.is_zero() {
+            return Err(ConfigError::Zero("touch_interval"));
+        }
+        if touch > idle {
+            return Err(ConfigError::TouchAfterIdle { touch, idle });
+        }
+        if let Some(absolute) = self.absolute_lifetime {
+            if absolute < idle {
+                return Err(ConfigError::AbsoluteBeforeIdle { absolute, idle });
+            }
+        }
+        if self.sweep_batch_size == 0 {
+            return Err(ConfigError::Zero("sweep_batch_size"));
+        }
+        if self.max_session_bytes == 0 {
+            return Err(ConfigError::Zero("max_session_bytes"));
+        }
+        Ok(TieredStore {
+            inner: Arc::new(Inner {
+                cache: self.cache,
+                durable: self.durable,
+                idle_timeout: idle,
+                touch_interval: touch,
+                absolute_lifetime: self.absolute_lifetime,
+                max_session_bytes: self.max_session_bytes,
+                sweep_batch_size: self.sweep_batch_size,
+                clock: self.clock,
+                digests: RandomState::new(),
+                touches_in_flight: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+}
+
+/// The bookkeeping kept under [`REVISION_KEY`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Revision {
+    version: u64,
+    created_at_ms: i64,
+    idle_ms: u64,
+    digest: u64,
+}
+
+impl Revision {
+    fn to_value(self) -> serde_json::Value {
+        serde_json::json!([self.version, self.created_at_ms, self.idle_ms, self.digest])
+    }
+
+    fn from_value(value: Option<&serde_json::Value>) -> Option<Self> {
+        let items = value?.as_array()?;
+        match items.as_slice() {
+            [version, created, idle, digest] => Some(Self {
+                version: version.as_u64()?,
+                created_at_ms: created.as_i64()?,
+                idle_ms: idle.as_u64()?,
+                digest: digest.as_u64()?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Why a stored record is not served.
+enum Unusable {
+    /// Past its absolute lifetime.
+    Expired,
+    /// The data bytes do not decode.
+    Corrupt,
+}
+
+impl Inner {
+    fn digest(&self, key: &StorageKey, data: &[u8]) -> u64 {
+        // A keyed hash (SipHash with a per-process random key): the revision is only ever
+        // compared within the process that wrote it (one request's load and save), and
+        // users cannot craft collisions without the key.
+        self.digests.hash_one((key.as_bytes(), data))
+    }
+
+    fn deadline(&self, created_at: OffsetDateTime) -> Option<OffsetDateTime> {
+        self.absolute_lifetime.map(|a| created_at + a)
+    }
+
+    /// The cache time to live of a session written now: its idle timeout, cut short by the
+    /// absolute lifetime.
+    fn cache_ttl(&self, env: &SessionEnvelope, now: OffsetDateTime) -> Duration {
+        let mut ttl = env.idle_timeout;
+        if let Some(deadline) = self.deadline(env.created_at) {
+            let left = Duration::try_from(deadline - now).unwrap_or(Duration::ZERO);
+            ttl = ttl.min(left);
+        }
+        ttl.max(Duration::from_millis(1))
+    }
+
+    /// The durable expiry of a session active now: idle timeout plus the touch interval of
+    /// slack, capped by the absolute lifetime.
+    fn durable_expiry(
+        &self,
+        created_at: OffsetDateTime,
+        idle: Duration,
+        now: OffsetDateTime,
+    ) -> OffsetDateTime {
+        let expiry = now + idle + self.touch_interval;
+        match self.deadline(created_at) {
+            Some(deadline) => expiry.min(deadline),
+            None => expiry,
+        }
+    }
+
+    /// The idle timeout a save asks for: the time left until the record's expiry date,
+    /// snapped to the default when it is the default. `None` when already expired.
+    fn idle_of(&self, record: &Record, now: OffsetDateTime) -> Option<Duration> {
+        let left = Duration::try_from(record.expiry_date - now).ok()?;
+        if left.abs_diff(self.idle_timeout) <= IDLE_SNAP {
+            return Some(self.idle_timeout);
+        }
+        // To the nearest millisecond: the expiry date was computed a few microseconds ago.
+        let millis = envelope::duration_ms(left + Duration::from_micros(500));
+        (millis > 0).then(|| Duration::from_millis(millis))
+    }
+
+    fn to_record(
+        &self,
+        id: &Id,
+        env: &SessionEnvelope,
+        now: OffsetDateTime,
+    ) -> Result<Record, Unusable> {
+        let deadline = self.deadline(env.created_at);
+        if deadline.is_some_and(|d| now >= d) {
+            return Err(Unusable::Expired);
+        }
+        let mut data = envelope::decode_data(&env.data).ok_or(Unusable::Corrupt)?;
+        let revision = Revision {
+            version: env.version,
+            created_at_ms: envelope::unix_ms(env.created_at),
+            idle_ms: envelope::duration_ms(env.idle_timeout),
+            digest: self.digest(&env.key, &env.data),
+        };
+        data.insert(REVISION_KEY.to_owned(), revision.to_value());
+        let mut expiry_date = now + env.idle_timeout;
+        if let Some(deadline) = deadline {
+            expiry_date = expiry_date.min(deadline);
+        }
+        Ok(Record {
+            id: *id,
+            data,
+            expiry_date,
+        })
+    }
+
+    fn encode_data(&self, record: &Record) -> Result<Vec<u8>, Error> {
+        let data = envelope::encode_data(&record.data, REVISION_KEY)?;
+        if data.len() > self.max_session_bytes {
+            return Err(Error::TooLarge {
+                size: data.len(),
+                limit: self.max_session_bytes,
+            });
+        }
+        Ok(data)
+    }
+}
+
+fn cache_error(err: &TierError, op: &'static str) {
+    metrics::counter!(names::ERRORS_TOTAL, "tier" => "cache", "kind" => err.kind().to_string())
+        .increment(1);
+    tracing::warn!(error = %err, op, "session cache operation failed");
+}
+
+fn durable_error(err: TierError, op: &'static str) -> Error {
+    metrics::counter!(names::ERRORS_TOTAL, "tier" => "durable", "kind" => err.kind().to_string())
+        .increment(1);
+    tracing::error!(error = %err, op, "session durable tier operation failed");
+    Error::Durable(err)
+}
+
+fn miss(reason: &'static str) {
+    metrics::counter!(names::CACHE_MISSES_TOTAL, "reason" => reason).increment(1);
+}
+
+impl TieredStore {
+    async fn load_inner(&self, id: &Id) -> Result<Option<Record>, Error> {
+        let inner = &*self.inner;
+        let key = StorageKey::from_id(id);
+        let now = inner.clock.now();
+
+        let mut cache_reachable = true;
+        match inner.cache.get_and_slide(&key, inner.idle_timeout).await {
+            Ok(Some(bytes)) => match envelope::decode(&bytes, &key) {
+                Ok(Entry::Record(env)) => match inner.to_record(id, &env, now) {
+                    Ok(record) => {
+                        metrics::counter!(names::CACHE_HITS_TOTAL).increment(1);
+                        if env.idle_timeout != inner.idle_timeout {
+                            // GETEX slid it by the default; this session has its own.
+                            if let Err(e) =
+                                inner.cache.set_ttl(&key, inner.cache_ttl(&env, now)).await
+                            {
+                                cache_error(&e, "set_ttl");
+                            }
+                        }
+                        self.touch_if_due(&env, now);
+                        return Ok(Some(record));
+                    }
+                    Err(Unusable::Expired) => return Ok(None),
+                    Err(Unusable::Corrupt) => miss("corrupt"),
+                },
+                // A deleted session: never read it back from anywhere.
+                Ok(Entry::Tombstone) => return Ok(None),
+                Err(DecodeError::Foreign) => miss("foreign"),
+                Err(DecodeError::WrongKey) => {
+                    tracing::warn!(key = ?key, "cache entry belongs to another session; ignored");
+                    miss("wrong_key")
+                }
+                Err(DecodeError::UnknownFormat(_) | DecodeError::UnknownKind(_)) => {
+                    miss("unknown_format")
+                }
+                Err(DecodeError::Corrupt) => miss("corrupt"),
+            },
+            Ok(None) => miss("absent"),
+            // Something else lives under the key: a miss; the refill replaces it.
+            Err(err) if err.kind() == TierErrorKind::WrongType => {
+                tracing::warn!(key = ?key, "cache key holds a value of another type; ignored");
+                miss("wrong_type");
+            }
+            Err(err) => {
+                cache_error(&err, "get");
+                miss("unavailable");
+                if inner.durable.is_none() {
+                    return Err(Error::Cache(err));
+                }
+                cache_reachable = false;
+            }
+        }
+
+        let Some(durable) = &inner.durable else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let row = durable
+            .load(&key, now)
+            .await
+            .map_err(|e| durable_error(e, "load"))?;
+        metrics::counter!(names::DURABLE_READS_TOTAL).increment(1);
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let env = SessionEnvelope {
+            key,
+            version: row.version,
+            created_at: row.created_at,
+            idle_timeout: row.idle_timeout,
+            durable_expires_at: Some(row.expires_at),
+            data: row.data,
+        };
+        let record = match inner.to_record(id, &env, now) {
+            Ok(record) => record,
+            Err(Unusable::Expired) => return Ok(None),
+            Err(Unusable::Corrupt) => {
+                tracing::warn!(key = ?key, "durable session row has undecodable data; starting a fresh session");
+                return Ok(None);
+            }
+        };
+        if cache_reachable && started.elapsed() < REFILL_WINDOW {
+            // Conditional: a change or delete that landed since our SELECT wins.
+            match inner
+                .cache
+                .put(&key, &env.encode(), inner.cache_ttl(&env, now), false)
+                .await
+            {
+                Ok(true) => metrics::counter!(names::CACHE_REFILLS_TOTAL).increment(1),
+                Ok(false) => {}
+                Err(e) => cache_error(&e, "refill"),
+            }
+        }
+        self.touch_if_due(&env, now);
+        Ok(Some(record))
+    }
+
+    /// Refreshes the durable expiry in the background when it no longer covers a full idle
+    /// timeout from now, i.e. at most once per touch interval per session.
+    fn touch_if_due(&self, env: &SessionEnvelope, now: OffsetDateTime) {
+        let inner = &self.inner;
+        let Some(durable) = inner.durable.clone() else {
+            return;
+        };
+        let due = env
+            .durable_expires_at
+            .is_none_or(|at| at - now < env.idle_timeout);
+        if !due {
+            return;
+        }
+        {
+            let mut in_flight = inner
+                .touches_in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if in_flight.len() >= MAX_TOUCHES_IN_FLIGHT || !in_flight.insert(env.key) {
+                return;
+            }
+        }
+        let store = self.clone();
+        let (key, version) = (env.key, env.version);
+        let expires_at = inner.durable_expiry(env.created_at, env.idle_timeout, now);
+        let touch = async move {
+            let inner = &store.inner;
+            match durable.touch(&key, expires_at, now).await {
+                Ok(true) => {
+                    metrics::counter!(names::DURABLE_TOUCHES_TOTAL).increment(1);
+                    // Record it in the cache entry, so the next reads see it is not due.
+                    if let Err(e) = inner
+                        .cache
+                        .note_durable_expiry(&key, version, expires_at)
+                        .await
+                    {
+                        cache_error(&e, "note_touch");
+                    }
+                }
+                Ok(false) => tracing::debug!(key = ?key, "touch found no live durable row"),
+                Err(e) => {
+                    durable_error(e, "touch");
+                }
+            }
+            inner
+                .touches_in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(touch);
+            }
+            Err(_) => {
+                tracing::debug!("no tokio runtime; durable touch skipped");
+                self.inner
+                    .touches_in_flight
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&key);
+            }
+        }
+    }
+
+    async fn save_inner(&self, record: &Record) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let key = StorageKey::from_id(&record.id);
+        let now = inner.clock.now();
+        let Some(idle) = inner.idle_of(record, now) else {
+            // Its own expiry date has passed: it is over.
+            return self.delete_key(&key).await;
+        };
+        let data = inner.encode_data(record)?;
+        let revision = Revision::from_value(record.data.get(REVISION_KEY));
+        if let Some(rev) = revision {
+            let same_idle = Duration::from_millis(rev.idle_ms).abs_diff(idle) <= IDLE_SNAP;
+            if same_idle && rev.digest == inner.digest(&key, &data) {
+                // A read-only request: `load` already slid the cache expiry and scheduled
+                // any due durable touch. Writing back could undo a concurrent change.
+                return Ok(());
+            }
+        }
+
+        match &inner.durable {
+            Some(durable) => {
+                let created_at = revision
+                    .and_then(|r| envelope::from_unix_ms(r.created_at_ms))
+                    .unwrap_or(now);
+                let expires_at = inner.durable_expiry(created_at, idle, now);
+                // Durable first: it is the source of truth, and an UPDATE never re-creates
+                // a session that a concurrent logout deleted.
+                let updated = durable
+                    .update(&key, &data, idle, expires_at, now)
+                    .await
+                    .map_err(|e| durable_error(e, "update"))?;
+                metrics::counter!(names::DURABLE_WRITES_TOTAL, "op" => "update").increment(1);
+                let Some(updated) = updated else {
+                    metrics::counter!(names::SAVES_DISCARDED_TOTAL).increment(1);
+                    tracing::debug!(key = ?key, "save found the session gone; nothing written");
+                    return Ok(());
+                };
+                let env = SessionEnvelope {
+                    key,
+                    version: updated.version,
+                    created_at: updated.created_at,
+                    idle_timeout: idle,
+                    durable_expires_at: Some(expires_at),
+                    data,
+                };
+                self.write_cache_after_durable(&env, now).await
+            }
+            None => {
+                let (version, created_at) = match revision {
+                    Some(rev) => (
+                        rev.version.saturating_add(1),
+                        envelope::from_unix_ms(rev.created_at_ms).unwrap_or(now),
+                    ),
+                    // A record that did not come from `load`: read the stored version.
+                    None => match self.current_envelope(&key).await? {
+                        Some(cur) => (cur.version.saturating_add(1), cur.created_at),
+                        None => {
+                            metrics::counter!(names::SAVES_DISCARDED_TOTAL).increment(1);
+                            return Ok(());
+                        }
+                    },
+                };
+                let env = SessionEnvelope {
+                    key,
+                    version,
+                    created_at,
+                    idle_timeout: idle,
+                    durable_expires_at: None,
+                    data,
+                };
+                // `require_present`: without a durable tier the cache is the truth, and a
+                // save must not re-create a session that expired or was deleted meanwhile.
+                let written = inner
+                    .cache
+                    .put(&key, &env.encode(), inner.cache_ttl(&env, now), true)
+                    .await
+                    .map_err(|e| {
+                        cache_error(&e, "put");
+                        Error::Cache(e)
+                    })?;
+                if !written {
+                    metrics::counter!(names::SAVES_DISCARDED_TOTAL).increment(1);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn current_envelope(&self, key: &StorageKey) -> Result<Option<SessionEnvelope>, Error> {
+        let inner = &*self.inner;
+        let bytes = inner
+            .cache
+            .get_and_slide(key, inner.idle_timeout)
+            .await
+            .map_err(Error::Cache)?;
+        Ok(match bytes.map(|b| envelope::decode(&b, key)) {
+            Some(Ok(Entry::Record(env))) => Some(env),
+            _ => None,
+        })
+    }
+
+    /// Writes a change that the durable tier has accepted to the cache. If the cache write
+    /// fails, the entry it holds may be an older version: remove it so reads go to the
+    /// durable tier, and if even that fails, report the error rather than acknowledge a
+    /// change that later reads would not see.
+    async fn write_cache_after_durable(
+        &self,
+        env: &SessionEnvelope,
+        now: OffsetDateTime,
+    ) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let put = inner
+            .cache
+            .put(&env.key, &env.encode(), inner.cache_ttl(env, now), false)
+            .await;
+        match put {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                cache_error(&err, "put");
+                inner.cache.remove(&env.key).await.map_err(|e| {
+                    cache_error(&e, "remove");
+                    Error::Cache(e)
+                })
+            }
+        }
+    }
+
+    async fn create_inner(&self, record: &mut Record) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let now = inner.clock.now();
+        let idle = inner.idle_of(record, now).unwrap_or(inner.idle_timeout);
+        let data = inner.encode_data(record)?;
+        for _ in 0..MAX_ID_ATTEMPTS {
+            let key = StorageKey::from_id(&record.id);
+            let created_at = envelope::from_unix_ms(envelope::unix_ms(now)).unwrap_or(now);
+            let durable_expires_at = inner
+                .durable
+                .as_ref()
+                .map(|_| inner.durable_expiry(created_at, idle, now));
+            let env = SessionEnvelope {
+                key,
+                version: 1,
+                created_at,
+                idle_timeout: idle,
+                durable_expires_at,
+                data: data.clone(),
+            };
+            if let (Some(durable), Some(expires_at)) = (&inner.durable, durable_expires_at) {
+                let inserted = durable
+                    .insert(&StoredSession {
+                        key,
+                        version: 1,
+                        created_at,
+                        idle_timeout: idle,
+                        expires_at,
+                        data: data.clone(),
+                    })
+                    .await
+                    .map_err(|e| durable_error(e, "insert"))?;
+                metrics::counter!(names::DURABLE_WRITES_TOTAL, "op" => "insert").increment(1);
+                if !inserted {
+                    tracing::warn!("session id collision in the durable tier; drawing a new id");
+                    record.id = Id::default();
+                    continue;
+                }
+            }
+            match inner
+                .cache
+                .insert(&key, &env.encode(), inner.cache_ttl(&env, now))
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Something (a tombstone, a stale entry) is filed under this id in the
+                    // cache: do not share it. Undo the durable row and draw again.
+                    tracing::warn!("session id collision in the cache tier; drawing a new id");
+                    if let Some(durable) = &inner.durable {
+                        durable
+                            .delete(&key)
+                            .await
+                            .map_err(|e| durable_error(e, "delete"))?;
+                    }
+                    record.id = Id::default();
+                    continue;
+                }
+                Err(err) => {
+                    cache_error(&err, "insert");
+                    if inner.durable.is_none() {
+                        return Err(Error::Cache(err));
+                    }
+                    // The durable row is the session; the next read refills the cache.
+                }
+            }
+            let revision = Revision {
+                version: 1,
+                created_at_ms: envelope::unix_ms(created_at),
+                idle_ms: envelope::duration_ms(idle),
+                digest: inner.digest(&key, &data),
+            };
+            record
+                .data
+                .insert(REVISION_KEY.to_owned(), revision.to_value());
+            return Ok(());
+        }
+        Err(Error::IdExhausted(MAX_ID_ATTEMPTS))
+    }
+
+    async fn delete_key(&self, key: &StorageKey) -> Result<(), Error> {
+        let inner = &*self.inner;
+        match &inner.durable {
+            Some(durable) => {
+                durable
+                    .delete(key)
+                    .await
+                    .map_err(|e| durable_error(e, "delete"))?;
+                metrics::counter!(names::DURABLE_WRITES_TOTAL, "op" => "delete").increment(1);
+                // A tombstone rather than DEL: a load that read the row before the delete
+                // must not refill the cache with it afterwards.
+                inner
+                    .cache
+                    .replace(key, &envelope::encode_tombstone(key), TOMBSTONE_TTL)
+                    .await
+                    .map_err(|e| {
+                        cache_error(&e, "tombstone");
+                        Error::Cache(e)
+                    })
+            }
+            None => inner.cache.remove(key).await.map_err(|e| {
+                cache_error(&e, "remove");
+                Error::Cache(e)
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for TieredStore {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        Ok(self.create_inner(record).await?)
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        Ok(self.save_inner(record).await?)
+    }
+
+    async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
+        Ok(self.load_inner(session_id).await?)
+    }
+
+    async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
+        Ok(self.delete_key(&StorageKey::from_id(session_id)).await?)
+    }
+}
+
+#[async_trait]
+impl ExpiredDeletion for TieredStore {
+    async fn delete_expired(&self) -> session_store::Result<()> {
+        self.sweep_expired().await?;
+        Ok(())
+    }
+}

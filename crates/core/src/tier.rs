@@ -1,0 +1,138 @@
+//! The two tier traits the [`TieredStore`](crate::TieredStore) composes.
+//!
+//! Both are small and speak in [`StorageKey`]s and encoded bytes: the store owns the
+//! session format and the ordering between tiers, a tier only moves bytes.
+
+use std::{fmt::Debug, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use time::OffsetDateTime;
+
+use crate::{StorageKey, TierError};
+
+/// A fast, lossy tier (Redis, or memory in-process) holding encoded
+/// [`SessionEnvelope`](crate::SessionEnvelope)s with a time to live.
+///
+/// Conditional writes ([`put`](CacheTier::put), [`note_durable_expiry`](CacheTier::note_durable_expiry))
+/// must be atomic on the server and follow [`crate::envelope::put_allowed`]: an
+/// implementation on Redis does it in a single-key Lua script, so it works on a cluster.
+#[async_trait]
+pub trait CacheTier: Debug + Send + Sync + 'static {
+    /// Reads the entry and resets its time to live to `ttl` in the same round trip
+    /// (`GETEX key PX ttl`). `None` when absent.
+    async fn get_and_slide(
+        &self,
+        key: &StorageKey,
+        ttl: Duration,
+    ) -> Result<Option<Bytes>, TierError>;
+
+    /// Sets the time to live of an existing entry (`PEXPIRE`); absent keys are left absent.
+    async fn set_ttl(&self, key: &StorageKey, ttl: Duration) -> Result<(), TierError>;
+
+    /// Stores `entry` only if nothing is stored under `key` (`SET NX PX`). Returns whether
+    /// it was stored.
+    async fn insert(
+        &self,
+        key: &StorageKey,
+        entry: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, TierError>;
+
+    /// Stores `entry` unless [`crate::envelope::put_allowed`] forbids it: never over a
+    /// tombstone or a newer version of the same session, and, with `require_present`, only
+    /// over a live entry of the same session. Returns whether it was stored.
+    async fn put(
+        &self,
+        key: &StorageKey,
+        entry: &[u8],
+        ttl: Duration,
+        require_present: bool,
+    ) -> Result<bool, TierError>;
+
+    /// Stores `entry` whatever is there (`SET PX`); used for tombstones.
+    async fn replace(&self, key: &StorageKey, entry: &[u8], ttl: Duration)
+        -> Result<(), TierError>;
+
+    /// Removes the entry (`DEL`).
+    async fn remove(&self, key: &StorageKey) -> Result<(), TierError>;
+
+    /// Records a new durable expiry in the stored entry, in place and keeping its time to
+    /// live, if the entry still holds `version` of this session. Returns whether it did.
+    async fn note_durable_expiry(
+        &self,
+        key: &StorageKey,
+        version: u64,
+        durable_expires_at: OffsetDateTime,
+    ) -> Result<bool, TierError>;
+}
+
+/// A session as the durable tier stores it: one row per session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// The session's storage key (primary key).
+    pub key: StorageKey,
+    /// Incremented by every change; orders cache writes.
+    pub version: u64,
+    /// When the session was created; the absolute lifetime counts from here.
+    pub created_at: OffsetDateTime,
+    /// The session's idle timeout.
+    pub idle_timeout: Duration,
+    /// When the row may be swept. Written with slack, see
+    /// [`TieredStoreBuilder::with_touch_interval`](crate::TieredStoreBuilder::with_touch_interval).
+    pub expires_at: OffsetDateTime,
+    /// The encoded session data.
+    pub data: Vec<u8>,
+}
+
+/// What a successful [`DurableTier::update`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Updated {
+    /// The new version of the session.
+    pub version: u64,
+    /// When the session was created.
+    pub created_at: OffsetDateTime,
+}
+
+/// A durable tier (Postgres, SQLite): the source of truth when configured.
+#[async_trait]
+pub trait DurableTier: Debug + Send + Sync + 'static {
+    /// Loads the session if it exists and `expires_at > now`.
+    async fn load(
+        &self,
+        key: &StorageKey,
+        now: OffsetDateTime,
+    ) -> Result<Option<StoredSession>, TierError>;
+
+    /// Inserts a new session; returns `false`, writing nothing, when the key exists
+    /// (`INSERT … ON CONFLICT DO NOTHING`).
+    async fn insert(&self, session: &StoredSession) -> Result<bool, TierError>;
+
+    /// Replaces the data, idle timeout and expiry of a live session and increments its
+    /// version. Never creates a row: `None` when the session is gone (deleted, or
+    /// `expires_at <= now`).
+    async fn update(
+        &self,
+        key: &StorageKey,
+        data: &[u8],
+        idle_timeout: Duration,
+        expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Option<Updated>, TierError>;
+
+    /// Moves the expiry of a live session forward to `expires_at` (never backward). Returns
+    /// whether a live row was found.
+    async fn touch(
+        &self,
+        key: &StorageKey,
+        expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<bool, TierError>;
+
+    /// Deletes the session; deleting an absent session is not an error.
+    async fn delete(&self, key: &StorageKey) -> Result<(), TierError>;
+
+    /// Deletes at most `batch_size` rows with `expires_at <= now`; returns how many. Safe
+    /// to run on several instances at once.
+    async fn delete_expired(&self, now: OffsetDateTime, batch_size: u32) -> Result<u64, TierError>;
+}
