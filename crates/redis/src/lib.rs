@@ -1,0 +1,372 @@
+//! The Redis cache tier of tiered-sessions, on [fred](https://docs.rs/fred).
+//!
+//! [`RedisCache`] stores each session under `<prefix><hex of its storage key>` as a
+//! [`SessionEnvelope`](tiered_sessions_core::SessionEnvelope):
+//!
+//! - a read is one `GETEX key PX <idle>`: it reads and slides the expiry in one round trip;
+//! - a new session is `SET key … NX PX`;
+//! - a change or a refill after a miss is a single-key Lua script that writes only if the
+//!   stored entry is not a tombstone and not a newer version of the same session, so a slow
+//!   writer or a refill racing a change can never roll it back (no `SET … XX` that silently
+//!   drops the write);
+//! - a durable touch is recorded in place with `SETRANGE`, under the same version check.
+//!
+//! Every command touches one key, so the tier works unchanged on Redis Cluster.
+//!
+//! It works over a fred [`Client`] or [`Pool`](fred::clients::Pool) (anything that speaks
+//! keys, Lua and custom commands), built by you or by [`RedisCache::connect`]. fred
+//! features that change behaviour for other users of fred in the same application (such as
+//! `default-nil-types`) are not turned on.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), tiered_sessions_redis::RedisCacheError> {
+//! use tiered_sessions_redis::RedisCache;
+//!
+//! let cache = RedisCache::connect("redis://127.0.0.1:6379").await?.with_key_prefix("myapp:session:");
+//! # let _ = cache;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::{
+    clients::Client,
+    error::{Error as FredError, ErrorKind},
+    interfaces::{ClientLike, KeysInterface, LuaInterface},
+    types::{
+        config::{Config, ReconnectPolicy},
+        Builder, ClusterHash, CustomCommand, Expiration, SetOptions, Value,
+    },
+};
+use tiered_sessions_core::{
+    envelope::{self, duration_ms},
+    CacheTier, StorageKey, TierError, TierErrorKind,
+};
+use time::OffsetDateTime;
+
+pub use fred;
+
+/// Errors of setting up a [`RedisCache`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisCacheError {
+    /// The URL could not be parsed; expected `redis://[user:password@]host[:port][/db]` or
+    /// `rediss://…` for TLS.
+    #[error("invalid Redis URL: {0}")]
+    Url(#[source] FredError),
+    /// The connection could not be established; check that Redis is running and reachable.
+    #[error("could not connect to Redis: {0}")]
+    Connect(#[source] FredError),
+    /// A Redis command failed.
+    #[error("Redis command failed: {0}")]
+    Command(#[from] FredError),
+    /// A Redis command did not answer within the configured cache operation timeout.
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<RedisCacheError> for TierError {
+    fn from(err: RedisCacheError) -> Self {
+        let kind = match &err {
+            RedisCacheError::Timeout(_) => TierErrorKind::Timeout,
+            RedisCacheError::Url(_) => TierErrorKind::Rejected,
+            RedisCacheError::Connect(_) => TierErrorKind::Unavailable,
+            RedisCacheError::Command(e) => kind_of(e),
+        };
+        TierError::new("redis", kind, err)
+    }
+}
+
+fn kind_of(err: &FredError) -> TierErrorKind {
+    match err.kind() {
+        ErrorKind::Timeout => TierErrorKind::Timeout,
+        ErrorKind::IO
+        | ErrorKind::Canceled
+        | ErrorKind::Routing
+        | ErrorKind::Cluster
+        | ErrorKind::Sentinel
+        | ErrorKind::Backpressure => TierErrorKind::Unavailable,
+        // fred's kind for a `WRONGTYPE` reply; our own arguments are always well-formed.
+        ErrorKind::InvalidArgument => TierErrorKind::WrongType,
+        // Error replies from the server (OOM, READONLY, NOPERM, …).
+        ErrorKind::Unknown
+        | ErrorKind::Auth
+        | ErrorKind::InvalidCommand
+        | ErrorKind::Config
+        | ErrorKind::Url => TierErrorKind::Rejected,
+        _ => TierErrorKind::Other,
+    }
+}
+
+/// A [`CacheTier`] on Redis through fred. Cloning is cheap and shares the connection.
+#[derive(Clone)]
+pub struct RedisCache<C = Client> {
+    client: C,
+    prefix: Arc<str>,
+    op_timeout: Duration,
+    scripts: Arc<Scripts>,
+}
+
+struct Scripts {
+    put: String,
+    note_durable_expiry: String,
+}
+
+impl<C> fmt::Debug for RedisCache<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the client: its configuration can hold credentials.
+        f.debug_struct("RedisCache")
+            .field("prefix", &self.prefix)
+            .field("op_timeout", &self.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisCache<Client> {
+    /// Default cache operation timeout: 250 ms. A cache that answers slower than this is
+    /// treated as failed, and with a durable tier the request goes to the database instead
+    /// of waiting.
+    pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(250);
+
+    /// Connects to the Redis at `url` (`redis://`, `rediss://`, and fred's
+    /// `redis-cluster://` and `redis-sentinel://`) with one auto-pipelining client, set up
+    /// for a cache: a 1 s connection timeout and reconnection with backoff forever.
+    pub async fn connect(url: &str) -> Result<Self, RedisCacheError> {
+        let config = Config::from_url(url).map_err(RedisCacheError::Url)?;
+        let client = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(1);
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            .build()
+            .map_err(RedisCacheError::Url)?;
+        client.init().await.map_err(RedisCacheError::Connect)?;
+        Ok(Self::new(client))
+    }
+}
+
+impl<C> RedisCache<C>
+where
+    C: ClientLike + KeysInterface + LuaInterface + Clone + Send + Sync + 'static,
+{
+    /// Default key prefix: `tsess:`.
+    pub const DEFAULT_KEY_PREFIX: &'static str = "tsess:";
+
+    /// Wraps a connected fred client or pool.
+    pub fn new(client: C) -> Self {
+        Self {
+            client,
+            prefix: Self::DEFAULT_KEY_PREFIX.into(),
+            op_timeout: RedisCache::DEFAULT_OP_TIMEOUT,
+            scripts: Arc::new(Scripts::new()),
+        }
+    }
+
+    /// Sets the prefix of every key (default [`Self::DEFAULT_KEY_PREFIX`]), to share one
+    /// Redis between applications. On Redis Cluster a prefix may carry no hash tag: each
+    /// session is its own key.
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into().into();
+        self
+    }
+
+    /// Sets the deadline of every cache operation (default
+    /// [`RedisCache::DEFAULT_OP_TIMEOUT`]).
+    pub fn with_op_timeout(mut self, op_timeout: Duration) -> Self {
+        self.op_timeout = op_timeout;
+        self
+    }
+
+    /// The underlying fred client.
+    pub fn client(&self) -> &C {
+        &self.client
+    }
+
+    /// The Redis key a session is stored under.
+    pub fn redis_key(&self, key: &StorageKey) -> String {
+        let mut out = String::with_capacity(self.prefix.len() + 64);
+        out.push_str(&self.prefix);
+        out.push_str(&key.to_hex());
+        out
+    }
+
+    async fn run<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, FredError>>,
+    ) -> Result<T, TierError> {
+        match tokio::time::timeout(self.op_timeout, call).await {
+            Ok(result) => result.map_err(|e| RedisCacheError::Command(e).into()),
+            Err(_) => Err(RedisCacheError::Timeout(self.op_timeout).into()),
+        }
+    }
+}
+
+fn px(ttl: Duration) -> i64 {
+    i64::try_from(duration_ms(ttl).max(1)).unwrap_or(i64::MAX)
+}
+
+impl Scripts {
+    fn new() -> Self {
+        // Lua strings are 1-based: byte at offset `o` is `string.byte(s, o + 1)`.
+        let key_from = envelope::KEY_OFFSET + 1;
+        let key_to = envelope::VERSION_OFFSET;
+        let version_from = envelope::VERSION_OFFSET + 1;
+        let version_to = envelope::CREATED_OFFSET;
+        let kind_at = envelope::KIND_OFFSET + 1;
+        let header = envelope::HEADER_LEN;
+        let (record, tombstone) = (envelope::KIND_RECORD, envelope::KIND_TOMBSTONE);
+        // Mirrors `envelope::put_allowed`. `redis.pcall` so that a key of another type
+        // (WRONGTYPE) counts as foreign and is overwritten rather than failing the write.
+        let put = format!(
+            r#"
+local new = ARGV[1]
+local cur = redis.pcall('GET', KEYS[1])
+if type(cur) ~= 'string' then cur = nil end
+local function version(s)
+  local v = 0
+  for i = {version_from}, {version_to} do v = v * 256 + string.byte(s, i) end
+  return v
+end
+local ours = cur ~= nil and #cur >= {header} and #new >= {header}
+  and string.sub(cur, 1, 3) == string.sub(new, 1, 3)
+  and string.sub(cur, {key_from}, {key_to}) == string.sub(new, {key_from}, {key_to})
+if ours then
+  local kind = string.byte(cur, {kind_at})
+  if kind == {tombstone} then return 0 end
+  if kind == {record} then
+    if version(cur) > version(new) then return 0 end
+  elseif ARGV[3] == '1' then
+    return 0
+  end
+elseif ARGV[3] == '1' then
+  return 0
+end
+redis.call('SET', KEYS[1], new, 'PX', ARGV[2])
+return 1
+"#
+        );
+        let prefix_len = envelope::CREATED_OFFSET;
+        let offset = envelope::DURABLE_EXPIRY_OFFSET;
+        let note_durable_expiry = format!(
+            r#"
+local cur = redis.pcall('GET', KEYS[1])
+if type(cur) ~= 'string' or string.sub(cur, 1, {prefix_len}) ~= ARGV[1] then return 0 end
+redis.call('SETRANGE', KEYS[1], {offset}, ARGV[2])
+return 1
+"#
+        );
+        Self {
+            put,
+            note_durable_expiry,
+        }
+    }
+}
+
+#[async_trait]
+impl<C> CacheTier for RedisCache<C>
+where
+    C: ClientLike + KeysInterface + LuaInterface + Clone + Send + Sync + 'static,
+{
+    async fn get_and_slide(
+        &self,
+        key: &StorageKey,
+        ttl: Duration,
+    ) -> Result<Option<Bytes>, TierError> {
+        // fred has no typed GETEX; one custom command keeps the read a single round trip.
+        let getex = CustomCommand::new_static("GETEX", ClusterHash::FirstKey, false);
+        let args: Vec<Value> = vec![self.redis_key(key).into(), "PX".into(), px(ttl).into()];
+        self.run(self.client.custom::<Option<Bytes>, _>(getex, args))
+            .await
+    }
+
+    async fn set_ttl(&self, key: &StorageKey, ttl: Duration) -> Result<(), TierError> {
+        self.run(
+            self.client
+                .pexpire::<(), _>(self.redis_key(key), px(ttl), None),
+        )
+        .await
+    }
+
+    async fn insert(
+        &self,
+        key: &StorageKey,
+        entry: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, TierError> {
+        let reply: Value = self
+            .run(self.client.set(
+                self.redis_key(key),
+                Bytes::copy_from_slice(entry),
+                Some(Expiration::PX(px(ttl))),
+                Some(SetOptions::NX),
+                false,
+            ))
+            .await?;
+        Ok(!reply.is_null())
+    }
+
+    async fn put(
+        &self,
+        key: &StorageKey,
+        entry: &[u8],
+        ttl: Duration,
+        require_present: bool,
+    ) -> Result<bool, TierError> {
+        let args: Vec<Value> = vec![
+            Bytes::copy_from_slice(entry).into(),
+            px(ttl).into(),
+            if require_present { "1" } else { "0" }.into(),
+        ];
+        let written: i64 = self
+            .run(
+                self.client
+                    .eval(self.scripts.put.as_str(), self.redis_key(key), args),
+            )
+            .await?;
+        Ok(written == 1)
+    }
+
+    async fn replace(
+        &self,
+        key: &StorageKey,
+        entry: &[u8],
+        ttl: Duration,
+    ) -> Result<(), TierError> {
+        self.run(self.client.set::<(), _, _>(
+            self.redis_key(key),
+            Bytes::copy_from_slice(entry),
+            Some(Expiration::PX(px(ttl))),
+            None,
+            false,
+        ))
+        .await
+    }
+
+    async fn remove(&self, key: &StorageKey) -> Result<(), TierError> {
+        self.run(self.client.del::<(), _>(self.redis_key(key)))
+            .await
+    }
+
+    async fn note_durable_expiry(
+        &self,
+        key: &StorageKey,
+        version: u64,
+        durable_expires_at: OffsetDateTime,
+    ) -> Result<bool, TierError> {
+        let args: Vec<Value> = vec![
+            Bytes::from(envelope::record_prefix(key, version)).into(),
+            Bytes::copy_from_slice(&envelope::durable_expiry_bytes(durable_expires_at)).into(),
+        ];
+        let patched: i64 = self
+            .run(self.client.eval(
+                self.scripts.note_durable_expiry.as_str(),
+                self.redis_key(key),
+                args,
+            ))
+            .await?;
+        Ok(patched == 1)
+    }
+}
