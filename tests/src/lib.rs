@@ -1,0 +1,45 @@
+//! Test support for the tiered-sessions integration suite: real Redis and Postgres servers
+//! that the tests start themselves, and helpers to count what a request cost.
+//!
+//! - [`RedisServer`]: a private `redis-server` per test, with fault switches (kill,
+//!   restart, `SIGSTOP`) and `INFO commandstats` counts.
+//! - [`shared_postgres`]: one private Postgres cluster per test binary; each test takes a
+//!   fresh database with [`PostgresCluster::create_database`]. Fault tests that stop the
+//!   server start their own [`PostgresCluster`].
+//! - [`PgStats`]: transactions, row changes and statements of one database.
+//! - [`poll_until`] / [`poll_some`]: wait for a condition with a deadline.
+//!
+//! Every server is cleaned up when its value is dropped, and by a watchdog process when
+//! the test process dies first, so nothing outlives a test run.
+//!
+//! ```no_run
+//! use tiered_sessions_tests::{shared_postgres, PgStats, RedisServer};
+//!
+//! // In tests/tests/*.rs, under #[tokio::test]:
+//! async fn session_survives_redis_flush() {
+//!     let redis = RedisServer::start().await;
+//!     let database_url = shared_postgres().await.create_database().await;
+//!     // ... build the store from redis.url() and database_url, make a session ...
+//!     redis.flushall().await;
+//!     let before = PgStats::settled(&database_url).await;
+//!     // ... load the session again, close the pool ...
+//!     let cost = PgStats::settled(&database_url).await.since(&before);
+//!     assert_eq!(cost.n_tup_ins, 0);
+//! }
+//! ```
+
+mod net;
+mod pg_stats;
+mod poll;
+mod postgres;
+mod process;
+mod redis;
+
+pub use net::free_port;
+pub use pg_stats::{pg_stats, PgStats, SESSIONS_TABLE};
+pub use poll::{poll_some, poll_until};
+pub use postgres::{shared_postgres, PostgresCluster};
+pub use redis::RedisServer;
+
+#[cfg(test)]
+mod tests;
