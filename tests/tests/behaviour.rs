@@ -53,7 +53,8 @@ suite! {
         cycle_id_replaces_the_session_in_every_tier,
         logout_deletes_the_session_from_every_tier,
         save_never_recreates_a_deleted_session,
-        create_draws_a_new_id_on_collision,
+        create_never_reuses_the_given_id,
+        logout_then_write_never_revives_the_old_id,
         oversized_session_is_rejected_before_any_write,
         storage_keys_are_hashes_of_the_id,
         another_sessions_bytes_are_never_served,
@@ -66,6 +67,7 @@ suite! {
         expired_rows_are_swept_in_batches,
         delete_racing_a_refill_is_not_undone,
         change_racing_a_refill_is_not_undone,
+        cache_stops_serving_a_session_the_durable_tier_lost_within_a_touch_interval,
     ],
     redis: [
         read_only_requests_cost_one_getex_and_no_durable_statement,
@@ -317,7 +319,7 @@ async fn save_never_recreates_a_deleted_session(kind: Kind) {
     assert!(f.store.load(&id).await.expect("load").is_none());
 }
 
-async fn create_draws_a_new_id_on_collision(kind: Kind) {
+async fn create_never_reuses_the_given_id(kind: Kind) {
     let f = Fixture::new(kind).await;
     let cookie = start_session(&f.app()).await;
     let taken = id_of(&cookie);
@@ -327,13 +329,37 @@ async fn create_draws_a_new_id_on_collision(kind: Kind) {
         expiry_date: OffsetDateTime::now_utc() + time::Duration::minutes(30),
     };
     f.store.create(&mut record).await.expect("create");
-    assert_ne!(record.id, taken, "a taken id is never shared");
+    assert_ne!(record.id, taken, "create draws its own id");
     assert_eq!(
         loaded_n(&f.store, &taken).await,
         Some(1),
         "the first session is intact"
     );
     assert_eq!(loaded_n(&f.store, &record.id).await, Some(7));
+}
+
+/// `Session::flush` followed by a write in the same request (a "signed out" flash
+/// message) makes tower-sessions create a session from a record that still carries the old
+/// id: the old id must stay dead.
+async fn logout_then_write_never_revives_the_old_id(kind: Kind) {
+    let f = Fixture::new(kind).await;
+    let app = f.app();
+    let old = start_session(&app).await;
+    let reply = send(&app, "POST", "/logout-with-flash", Some(&old)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let new = reply.cookie.expect("a session for the flash message");
+    assert_ne!(new, old);
+    assert!(f.store.load(&id_of(&old)).await.expect("load").is_none());
+    assert!(f.durable_row(&id_of(&old)).await.is_none());
+    assert_eq!(read(&f, &old).await, "0");
+    let flash = f
+        .store
+        .load(&id_of(&new))
+        .await
+        .expect("load")
+        .expect("live");
+    assert_eq!(flash.data.get("flash"), Some(&"signed out".into()));
+    assert_eq!(flash.data.get("n"), None, "the old data is gone");
 }
 
 async fn oversized_session_is_rejected_before_any_write(kind: Kind) {
@@ -634,6 +660,29 @@ async fn change_racing_a_refill_is_not_undone(kind: Kind) {
         "2",
         "the stale refill did not roll the change back"
     );
+}
+
+/// A logout whose cache write failed leaves a live cache entry over a deleted row; the
+/// next durable touch (at most one touch interval later) finds the row gone and revokes it.
+async fn cache_stops_serving_a_session_the_durable_tier_lost_within_a_touch_interval(kind: Kind) {
+    let f = Fixture::with(kind, short).await;
+    let app = f.app();
+    let cookie = start_session(&app).await;
+    let id = id_of(&cookie);
+    f.durable_delete_directly(&id).await;
+    let started = Instant::now();
+    let revoked = poll_until(SHORT_TOUCH * 10, Duration::from_millis(20), || async {
+        read(&f, &cookie).await == "0"
+    })
+    .await;
+    assert!(revoked, "still served after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < SHORT_TOUCH * 5,
+        "revoked within about one touch interval: {:?}",
+        started.elapsed()
+    );
+    f.cache_flush().await;
+    assert_eq!(read(&f, &cookie).await, "0");
 }
 
 // --- Redis configurations -------------------------------------------------------------

@@ -54,6 +54,14 @@ pub const CHECKSUM_OFFSET: usize = 68;
 /// Length of the header; the data follows.
 pub const HEADER_LEN: usize = 72;
 
+/// The longest idle timeout or absolute lifetime a session can have: 400 days, the most
+/// browsers keep a cookie. Longer values are clamped when written and refused when read.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(400 * 24 * 60 * 60);
+
+/// How deeply nested session data may be; deeper data does not decode (a guard against
+/// stack exhaustion on hostile bytes).
+pub const MAX_DEPTH: usize = 64;
+
 /// Session data as tower-sessions holds it.
 pub type Data = HashMap<String, serde_json::Value>;
 
@@ -175,7 +183,7 @@ pub fn decode(bytes: &[u8], expected: &StorageKey) -> Result<Entry, DecodeError>
                 0 => None,
                 ms => Some(from_unix_ms(ms).ok_or(DecodeError::Corrupt)?),
             };
-            if idle_ms == 0 {
+            if idle_ms == 0 || idle_ms > duration_ms(MAX_LIFETIME) {
                 return Err(DecodeError::Corrupt);
             }
             Ok(Entry::Record(SessionEnvelope {
@@ -248,6 +256,7 @@ pub fn encode_data(data: &Data, skip: &str) -> Result<Vec<u8>, rmp_serde::encode
 /// map (a corrupt entry is a miss, never a panic).
 pub fn decode_data(bytes: &[u8]) -> Option<Data> {
     let mut de = rmp_serde::Deserializer::new(bytes);
+    de.set_max_depth(MAX_DEPTH);
     let data = serde::Deserialize::deserialize(&mut de).ok()?;
     // Trailing bytes mean the entry is not what was written.
     (de.into_inner().is_empty()).then_some(data)
@@ -355,6 +364,11 @@ mod tests {
             flipped[i] ^= 0xff;
         }
         assert_eq!(decode(b"", &key), Err(DecodeError::Foreign));
+        // Nesting past the limit is refused, not a stack overflow.
+        let mut deep = vec![0x81, 0xa1, b'k'];
+        deep.extend(std::iter::repeat_n(0x91, 10_000));
+        deep.push(0xc0);
+        assert_eq!(decode_data(&deep), None);
         // A MessagePack map header announcing 2^32-1 entries must not allocate them.
         assert_eq!(decode_data(&[0xdf, 0xff, 0xff, 0xff, 0xff]), None);
         let mut future = good;

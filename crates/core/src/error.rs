@@ -120,6 +120,9 @@ pub enum ConfigError {
     /// A duration that must be positive is zero.
     #[error("`{0}` must be greater than zero")]
     Zero(&'static str),
+    /// A duration is longer than 400 days, the most a browser keeps a cookie.
+    #[error("`{0}` must not exceed 400 days")]
+    TooLong(&'static str),
     /// The touch interval is longer than the idle timeout, so a session could expire in the
     /// durable tier between two touches.
     #[error("`touch_interval` ({touch:?}) must not exceed `idle_timeout` ({idle:?})")]

@@ -50,6 +50,9 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 /// a delete may have happened meanwhile and its tombstone may have expired.
 const REFILL_WINDOW: Duration = Duration::from_secs(10);
 
+/// A durable touch that takes longer than this is abandoned (and retried by a later read).
+const TOUCH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// At most this many durable touches run in the background at once; beyond it, touches
 /// are skipped and retried by a later read (the touch slack covers it).
 const MAX_TOUCHES_IN_FLIGHT: usize = 256;
@@ -245,6 +248,14 @@ impl TieredStoreBuilder {
         if idle.is_zero() {
             return Err(ConfigError::Zero("idle_timeout"));
         }
+        for (name, value) in [
+            ("idle_timeout", Some(idle)),
+            ("absolute_lifetime", self.absolute_lifetime),
+        ] {
+            if value.is_some_and(|v| v > envelope::MAX_LIFETIME) {
+                return Err(ConfigError::TooLong(name));
+            }
+        }
         let touch = self.touch_interval.unwrap_or(idle / 10);
         if touch.is_zero() {
             return Err(ConfigError::Zero("touch_interval"));
@@ -277,6 +288,23 @@ impl TieredStoreBuilder {
                 touches_in_flight: Mutex::new(HashSet::new()),
             }),
         })
+    }
+}
+
+/// Releases a session's durable-touch slot when dropped.
+struct InFlight {
+    store: TieredStore,
+    key: StorageKey,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.store
+            .inner
+            .touches_in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
     }
 }
 
@@ -325,7 +353,7 @@ impl Inner {
     }
 
     fn deadline(&self, created_at: OffsetDateTime) -> Option<OffsetDateTime> {
-        self.absolute_lifetime.map(|a| created_at + a)
+        self.absolute_lifetime.map(|a| plus(created_at, a))
     }
 
     /// The cache time to live of a session written now: its idle timeout, cut short by the
@@ -347,7 +375,7 @@ impl Inner {
         idle: Duration,
         now: OffsetDateTime,
     ) -> OffsetDateTime {
-        let expiry = now + idle + self.touch_interval;
+        let expiry = plus(plus(now, idle), self.touch_interval);
         match self.deadline(created_at) {
             Some(deadline) => expiry.min(deadline),
             None => expiry,
@@ -361,6 +389,7 @@ impl Inner {
         if left.abs_diff(self.idle_timeout) <= IDLE_SNAP {
             return Some(self.idle_timeout);
         }
+        let left = left.min(envelope::MAX_LIFETIME);
         // To the nearest millisecond: the expiry date was computed a few microseconds ago.
         let millis = envelope::duration_ms(left + Duration::from_micros(500));
         (millis > 0).then(|| Duration::from_millis(millis))
@@ -384,7 +413,7 @@ impl Inner {
             digest: self.digest(&env.key, &env.data),
         };
         data.insert(REVISION_KEY.to_owned(), revision.to_value());
-        let mut expiry_date = now + env.idle_timeout;
+        let mut expiry_date = plus(now, env.idle_timeout);
         if let Some(deadline) = deadline {
             expiry_date = expiry_date.min(deadline);
         }
@@ -405,6 +434,14 @@ impl Inner {
         }
         Ok(data)
     }
+}
+
+/// `t + d`, saturating at the end of the representable calendar instead of panicking.
+fn plus(t: OffsetDateTime, d: Duration) -> OffsetDateTime {
+    time::Duration::try_from(d)
+        .ok()
+        .and_then(|d| t.checked_add(d))
+        .unwrap_or(time::PrimitiveDateTime::MAX.assume_utc())
 }
 
 fn cache_error(err: &TierError, op: &'static str) {
@@ -450,8 +487,15 @@ impl TieredStore {
                     Err(Unusable::Expired) => return Ok(None),
                     Err(Unusable::Corrupt) => miss("corrupt"),
                 },
-                // A deleted session: never read it back from anywhere.
-                Ok(Entry::Tombstone) => return Ok(None),
+                // A deleted session: never read it back from anywhere. GETEX just set the
+                // tombstone's TTL to the idle timeout, which may be shorter than the refill
+                // window it must outlive: put it back.
+                Ok(Entry::Tombstone) => {
+                    if let Err(e) = inner.cache.set_ttl(&key, TOMBSTONE_TTL).await {
+                        cache_error(&e, "set_ttl");
+                    }
+                    return Ok(None);
+                }
                 Err(DecodeError::Foreign) => miss("foreign"),
                 Err(DecodeError::WrongKey) => {
                     tracing::warn!(key = ?key, "cache entry belongs to another session; ignored");
@@ -494,7 +538,9 @@ impl TieredStore {
             key,
             version: row.version,
             created_at: row.created_at,
-            idle_timeout: row.idle_timeout,
+            idle_timeout: row
+                .idle_timeout
+                .clamp(Duration::from_millis(1), envelope::MAX_LIFETIME),
             durable_expires_at: Some(row.expires_at),
             data: row.data,
         };
@@ -544,13 +590,19 @@ impl TieredStore {
                 return;
             }
         }
-        let store = self.clone();
         let (key, version) = (env.key, env.version);
+        // Frees the in-flight slot however the task ends (done, failed, never run, or
+        // dropped with its runtime), so a session is never left untouchable.
+        let slot = InFlight {
+            store: self.clone(),
+            key,
+        };
         let expires_at = inner.durable_expiry(env.created_at, env.idle_timeout, now);
         let touch = async move {
-            let inner = &store.inner;
-            match durable.touch(&key, expires_at, now).await {
-                Ok(true) => {
+            let inner = &slot.store.inner;
+            let touched = tokio::time::timeout(TOUCH_TIMEOUT, durable.touch(&key, expires_at, now));
+            match touched.await {
+                Ok(Ok(Some(current))) if current == version => {
                     metrics::counter!(names::DURABLE_TOUCHES_TOTAL).increment(1);
                     // Record it in the cache entry, so the next reads see it is not due.
                     if let Err(e) = inner
@@ -561,16 +613,34 @@ impl TieredStore {
                         cache_error(&e, "note_touch");
                     }
                 }
-                Ok(false) => tracing::debug!(key = ?key, "touch found no live durable row"),
-                Err(e) => {
+                // The cache served a version the durable tier has moved past (a cache
+                // write that failed): drop it, the next read refills the current one.
+                Ok(Ok(Some(current))) => {
+                    metrics::counter!(names::DURABLE_TOUCHES_TOTAL).increment(1);
+                    tracing::warn!(key = ?key, cached = version, current, "cache held a stale version; dropped");
+                    if let Err(e) = inner.cache.remove(&key).await {
+                        cache_error(&e, "remove");
+                    }
+                }
+                // The session is gone from the source of truth (a delete whose cache write
+                // failed): the cache must stop serving it.
+                Ok(Ok(None)) => {
+                    tracing::warn!(key = ?key, "cache served a session the durable tier no longer has; revoked");
+                    if let Err(e) = inner
+                        .cache
+                        .replace(&key, &envelope::encode_tombstone(&key), TOMBSTONE_TTL)
+                        .await
+                    {
+                        cache_error(&e, "tombstone");
+                    }
+                }
+                Ok(Err(e)) => {
                     durable_error(e, "touch");
                 }
+                Err(_) => {
+                    tracing::warn!(key = ?key, timeout = ?TOUCH_TIMEOUT, "durable touch timed out")
+                }
             }
-            inner
-                .touches_in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&key);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
@@ -578,11 +648,7 @@ impl TieredStore {
             }
             Err(_) => {
                 tracing::debug!("no tokio runtime; durable touch skipped");
-                self.inner
-                    .touches_in_flight
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&key);
+                drop(touch);
             }
         }
     }
@@ -720,6 +786,10 @@ impl TieredStore {
         let idle = inner.idle_of(record, now).unwrap_or(inner.idle_timeout);
         let data = inner.encode_data(record)?;
         for _ in 0..MAX_ID_ATTEMPTS {
+            // Always a fresh id, never the one the record carries: after `Session::flush`
+            // the record keeps its old (perhaps stolen) id, and a write in the same request
+            // would otherwise bring that id back to life.
+            record.id = Id::default();
             let key = StorageKey::from_id(&record.id);
             let created_at = envelope::from_unix_ms(envelope::unix_ms(now)).unwrap_or(now);
             let durable_expires_at = inner
@@ -749,7 +819,6 @@ impl TieredStore {
                 metrics::counter!(names::DURABLE_WRITES_TOTAL, "op" => "insert").increment(1);
                 if !inserted {
                     tracing::warn!("session id collision in the durable tier; drawing a new id");
-                    record.id = Id::default();
                     continue;
                 }
             }
@@ -769,7 +838,6 @@ impl TieredStore {
                             .await
                             .map_err(|e| durable_error(e, "delete"))?;
                     }
-                    record.id = Id::default();
                     continue;
                 }
                 Err(err) => {

@@ -121,13 +121,14 @@ pub trait DurableTier: Debug + Send + Sync + 'static {
     ) -> Result<Option<Updated>, TierError>;
 
     /// Moves the expiry of a live session forward to `expires_at` (never backward). Returns
-    /// whether a live row was found.
+    /// the session's current version, `None` when no live row was found; the store uses it
+    /// to find out that the cache holds a stale entry.
     async fn touch(
         &self,
         key: &StorageKey,
         expires_at: OffsetDateTime,
         now: OffsetDateTime,
-    ) -> Result<bool, TierError>;
+    ) -> Result<Option<u64>, TierError>;
 
     /// Deletes the session; deleting an absent session is not an error.
     async fn delete(&self, key: &StorageKey) -> Result<(), TierError>;

@@ -37,7 +37,7 @@ use fred::{
     error::{Error as FredError, ErrorKind},
     interfaces::{ClientLike, KeysInterface, LuaInterface},
     types::{
-        config::{Config, ReconnectPolicy},
+        config::{Config, Options, ReconnectPolicy},
         Builder, ClusterHash, CustomCommand, Expiration, SetOptions, Value,
     },
 };
@@ -107,6 +107,7 @@ pub struct RedisCache<C = Client> {
     client: C,
     prefix: Arc<str>,
     op_timeout: Duration,
+    options: Options,
     scripts: Arc<Scripts>,
 }
 
@@ -161,6 +162,7 @@ where
             client,
             prefix: Self::DEFAULT_KEY_PREFIX.into(),
             op_timeout: RedisCache::DEFAULT_OP_TIMEOUT,
+            options: command_options(RedisCache::DEFAULT_OP_TIMEOUT),
             scripts: Arc::new(Scripts::new()),
         }
     }
@@ -177,6 +179,7 @@ where
     /// [`RedisCache::DEFAULT_OP_TIMEOUT`]).
     pub fn with_op_timeout(mut self, op_timeout: Duration) -> Self {
         self.op_timeout = op_timeout;
+        self.options = command_options(op_timeout);
         self
     }
 
@@ -201,6 +204,18 @@ where
             Ok(result) => result.map_err(|e| RedisCacheError::Command(e).into()),
             Err(_) => Err(RedisCacheError::Timeout(self.op_timeout).into()),
         }
+    }
+}
+
+/// Per-command options for a cache: fail at once while the connection is down instead of
+/// queueing (a queued write replayed after a reconnect could land after a later change),
+/// one attempt, and fred's own deadline, which also takes the command out of fred's queue.
+fn command_options(timeout: Duration) -> Options {
+    Options {
+        max_attempts: Some(1),
+        timeout: Some(timeout),
+        fail_fast: true,
+        ..Options::default()
     }
 }
 
@@ -278,15 +293,20 @@ where
         // fred has no typed GETEX; one custom command keeps the read a single round trip.
         let getex = CustomCommand::new_static("GETEX", ClusterHash::FirstKey, false);
         let args: Vec<Value> = vec![self.redis_key(key).into(), "PX".into(), px(ttl).into()];
-        self.run(self.client.custom::<Option<Bytes>, _>(getex, args))
-            .await
+        self.run(
+            self.client
+                .with_options(&self.options)
+                .custom::<Option<Bytes>, _>(getex, args),
+        )
+        .await
     }
 
     async fn set_ttl(&self, key: &StorageKey, ttl: Duration) -> Result<(), TierError> {
-        self.run(
-            self.client
-                .pexpire::<(), _>(self.redis_key(key), px(ttl), None),
-        )
+        self.run(self.client.with_options(&self.options).pexpire::<(), _>(
+            self.redis_key(key),
+            px(ttl),
+            None,
+        ))
         .await
     }
 
@@ -297,7 +317,7 @@ where
         ttl: Duration,
     ) -> Result<bool, TierError> {
         let reply: Value = self
-            .run(self.client.set(
+            .run(self.client.with_options(&self.options).set(
                 self.redis_key(key),
                 Bytes::copy_from_slice(entry),
                 Some(Expiration::PX(px(ttl))),
@@ -321,10 +341,11 @@ where
             if require_present { "1" } else { "0" }.into(),
         ];
         let written: i64 = self
-            .run(
-                self.client
-                    .eval(self.scripts.put.as_str(), self.redis_key(key), args),
-            )
+            .run(self.client.with_options(&self.options).eval(
+                self.scripts.put.as_str(),
+                self.redis_key(key),
+                args,
+            ))
             .await?;
         Ok(written == 1)
     }
@@ -335,7 +356,7 @@ where
         entry: &[u8],
         ttl: Duration,
     ) -> Result<(), TierError> {
-        self.run(self.client.set::<(), _, _>(
+        self.run(self.client.with_options(&self.options).set::<(), _, _>(
             self.redis_key(key),
             Bytes::copy_from_slice(entry),
             Some(Expiration::PX(px(ttl))),
@@ -346,8 +367,12 @@ where
     }
 
     async fn remove(&self, key: &StorageKey) -> Result<(), TierError> {
-        self.run(self.client.del::<(), _>(self.redis_key(key)))
-            .await
+        self.run(
+            self.client
+                .with_options(&self.options)
+                .del::<(), _>(self.redis_key(key)),
+        )
+        .await
     }
 
     async fn note_durable_expiry(
@@ -361,7 +386,7 @@ where
             Bytes::copy_from_slice(&envelope::durable_expiry_bytes(durable_expires_at)).into(),
         ];
         let patched: i64 = self
-            .run(self.client.eval(
+            .run(self.client.with_options(&self.options).eval(
                 self.scripts.note_durable_expiry.as_str(),
                 self.redis_key(key),
                 args,

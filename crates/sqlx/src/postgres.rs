@@ -35,7 +35,7 @@ const UPDATE: &str = "UPDATE tiered_sessions \
      SET data = $2, idle_ms = $3, expires_at = $4, version = version + 1 \
      WHERE key = $1 AND expires_at > $5 RETURNING version, created_at";
 const TOUCH: &str = "UPDATE tiered_sessions SET expires_at = GREATEST(expires_at, $2) \
-     WHERE key = $1 AND expires_at > $3";
+     WHERE key = $1 AND expires_at > $3 RETURNING version";
 const DELETE: &str = "DELETE FROM tiered_sessions WHERE key = $1";
 // SKIP LOCKED lets several sweepers (one per app instance) share the work instead of
 // queueing behind each other's row locks.
@@ -239,15 +239,17 @@ impl DurableTier for PostgresDurable {
         key: &StorageKey,
         expires_at: OffsetDateTime,
         now: OffsetDateTime,
-    ) -> Result<bool, TierError> {
-        let done = sqlx::query(TOUCH)
+    ) -> Result<Option<u64>, TierError> {
+        let version: Option<i64> = sqlx::query_scalar(TOUCH)
             .bind(key.as_bytes().as_slice())
             .bind(truncate_to_ms(expires_at))
             .bind(truncate_to_ms(now))
-            .execute(&self.pool)
+            .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
-        Ok(done.rows_affected() > 0)
+        Ok(version
+            .map(|v| codec::version_from_db(BACKEND, v))
+            .transpose()?)
     }
 
     async fn delete(&self, key: &StorageKey) -> Result<(), TierError> {

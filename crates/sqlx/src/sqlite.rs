@@ -32,7 +32,7 @@ const UPDATE: &str = "UPDATE tiered_sessions \
      SET data = ?2, idle_ms = ?3, expires_at = ?4, version = version + 1 \
      WHERE key = ?1 AND expires_at > ?5 RETURNING version, created_at";
 const TOUCH: &str = "UPDATE tiered_sessions SET expires_at = MAX(expires_at, ?2) \
-     WHERE key = ?1 AND expires_at > ?3";
+     WHERE key = ?1 AND expires_at > ?3 RETURNING version";
 const DELETE: &str = "DELETE FROM tiered_sessions WHERE key = ?1";
 const DELETE_EXPIRED: &str = "DELETE FROM tiered_sessions WHERE rowid IN (\
      SELECT rowid FROM tiered_sessions WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)";
@@ -251,15 +251,17 @@ impl DurableTier for SqliteDurable {
         key: &StorageKey,
         expires_at: OffsetDateTime,
         now: OffsetDateTime,
-    ) -> Result<bool, TierError> {
-        let done = sqlx::query(TOUCH)
+    ) -> Result<Option<u64>, TierError> {
+        let version: Option<i64> = sqlx::query_scalar(TOUCH)
             .bind(key.as_bytes().as_slice())
             .bind(to_unix_ms(BACKEND, "expires_at", expires_at)?)
             .bind(to_unix_ms(BACKEND, "now", now)?)
-            .execute(&self.pool)
+            .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
-        Ok(done.rows_affected() > 0)
+        Ok(version
+            .map(|v| codec::version_from_db(BACKEND, v))
+            .transpose()?)
     }
 
     async fn delete(&self, key: &StorageKey) -> Result<(), TierError> {
@@ -482,17 +484,17 @@ mod tests {
             async move { d.load(&key(1), NOW).await.map(|s| s.map(|s| s.expires_at)) }
         };
 
-        assert!(durable.touch(&key(1), NOW + secs(30), NOW).await?);
+        assert_eq!(durable.touch(&key(1), NOW + secs(30), NOW).await?, Some(1));
         assert_eq!(expiry(&durable).await?, Some(NOW + secs(60)));
 
-        assert!(durable.touch(&key(1), NOW + secs(120), NOW).await?);
+        assert_eq!(durable.touch(&key(1), NOW + secs(120), NOW).await?, Some(1));
         assert_eq!(expiry(&durable).await?, Some(NOW + secs(120)));
 
         let late = NOW + secs(120);
-        assert!(!durable.touch(&key(1), late + secs(60), late).await?);
+        assert_eq!(durable.touch(&key(1), late + secs(60), late).await?, None);
         assert_eq!(expiry(&durable).await?, Some(NOW + secs(120)));
 
-        assert!(!durable.touch(&key(2), NOW + secs(60), NOW).await?);
+        assert_eq!(durable.touch(&key(2), NOW + secs(60), NOW).await?, None);
         assert_eq!(durable.load(&key(2), NOW).await?, None);
         Ok(())
     }

@@ -46,6 +46,7 @@ impl Kind {
     }
 }
 
+#[allow(clippy::large_enum_variant)] // one per test; boxing buys nothing
 enum CacheHandle {
     Redis {
         server: RedisServer,
@@ -365,6 +366,29 @@ impl Fixture {
         rows.into_iter().flat_map(|(k, d)| [k, d]).collect()
     }
 
+    /// Deletes a session's durable row behind the store's back, as a logout whose cache
+    /// write failed leaves things.
+    pub async fn durable_delete_directly(&self, id: &Id) {
+        let key = StorageKey::from_id(id).as_bytes().to_vec();
+        match self.durable.as_ref() {
+            Some(DurableHandle::Postgres { pool, .. }) => {
+                sqlx::query("DELETE FROM tiered_sessions WHERE key = $1")
+                    .bind(key)
+                    .execute(pool)
+                    .await
+                    .expect("delete");
+            }
+            Some(DurableHandle::Sqlite { pool, .. }) => {
+                sqlx::query("DELETE FROM tiered_sessions WHERE key = ?")
+                    .bind(key)
+                    .execute(pool)
+                    .await
+                    .expect("delete");
+            }
+            None => panic!("a durable fixture"),
+        }
+    }
+
     pub async fn durable_count(&self) -> i64 {
         let sql = "SELECT count(*) FROM tiered_sessions";
         match self.durable.as_ref() {
@@ -408,6 +432,7 @@ pub fn app(store: &TieredStore) -> Router {
         .route("/incr", post(incr))
         .route("/login", post(login))
         .route("/logout", post(logout))
+        .route("/logout-with-flash", post(logout_with_flash))
         .route("/expiry", post(set_expiry))
         .layer(tiered_sessions::session_layer(store).with_secure(false))
 }
@@ -458,6 +483,16 @@ async fn logout(session: Session) -> Result<String, StatusCode> {
         .flush()
         .await
         .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    Ok("bye".into())
+}
+
+async fn logout_with_flash(session: Session) -> Result<String, StatusCode> {
+    let unavailable = |_| StatusCode::SERVICE_UNAVAILABLE;
+    session.flush().await.map_err(unavailable)?;
+    session
+        .insert("flash", "signed out")
+        .await
+        .map_err(unavailable)?;
     Ok("bye".into())
 }
 
@@ -575,7 +610,7 @@ impl<D: DurableTier> DurableTier for SlowLoads<D> {
         key: &StorageKey,
         expires_at: OffsetDateTime,
         now: OffsetDateTime,
-    ) -> Result<bool, TierError> {
+    ) -> Result<Option<u64>, TierError> {
         self.inner.touch(key, expires_at, now).await
     }
     async fn delete(&self, key: &StorageKey) -> Result<(), TierError> {
