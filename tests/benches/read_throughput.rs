@@ -17,7 +17,7 @@ use std::{
 
 use fred::{
     interfaces::{ClientLike, KeysInterface},
-    types::{ClusterHash, CustomCommand, Value},
+    types::{config::Options, ClusterHash, CustomCommand, Value},
 };
 use tiered_sessions::{
     tower_sessions::{
@@ -33,6 +33,9 @@ enum Op {
     StoreLoad,
     Get,
     GetEx,
+    /// GETEX with the per-command options the store's Redis tier uses (deadline, fail
+    /// fast, one attempt): what the store's read costs in fred before any store logic.
+    GetExWithOptions,
 }
 
 impl Op {
@@ -41,6 +44,7 @@ impl Op {
             Op::StoreLoad => "TieredStore::load (Redis+Postgres, hit)",
             Op::Get => "fred GET, same bytes",
             Op::GetEx => "fred GETEX PX, same bytes",
+            Op::GetExWithOptions => "fred GETEX PX + store's command options",
         }
     }
 }
@@ -138,6 +142,12 @@ async fn round(setup: &Setup, op: Op, tasks: usize, seconds: u64) -> f64 {
             let mut x = 0x9e37_79b9_7f4a_7c15_u64 ^ (t as u64 + 1);
             let mut n = 0;
             let getex = CustomCommand::new_static("GETEX", ClusterHash::FirstKey, false);
+            let options = Options {
+                max_attempts: Some(1),
+                timeout: Some(Duration::from_millis(250)),
+                fail_fast: true,
+                ..Options::default()
+            };
             while !stop.load(Ordering::Relaxed) {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -152,11 +162,18 @@ async fn round(setup: &Setup, op: Op, tasks: usize, seconds: u64) -> f64 {
                         let v: Option<Vec<u8>> = client.get(&keys[i]).await.expect("GET");
                         assert!(v.is_some());
                     }
-                    Op::GetEx => {
+                    Op::GetEx | Op::GetExWithOptions => {
                         let args: Vec<Value> =
                             vec![keys[i].as_str().into(), "PX".into(), 1_800_000_i64.into()];
-                        let v: Option<Vec<u8>> =
-                            client.custom(getex.clone(), args).await.expect("GETEX");
+                        let v: Option<Vec<u8>> = if op == Op::GetEx {
+                            client.custom(getex.clone(), args).await
+                        } else {
+                            client
+                                .with_options(&options)
+                                .custom(getex.clone(), args)
+                                .await
+                        }
+                        .expect("GETEX");
                         assert!(v.is_some());
                     }
                 }
@@ -187,7 +204,7 @@ fn main() {
         let cluster = PostgresCluster::init().await;
         let pg_url = cluster.create_database().await;
         let setup = setup(&redis, &pg_url, sessions).await;
-        let ops = [Op::StoreLoad, Op::Get, Op::GetEx];
+        let ops = [Op::StoreLoad, Op::Get, Op::GetEx, Op::GetExWithOptions];
         for tasks in [16, 64] {
             // Warm up every path once.
             for op in ops {

@@ -63,15 +63,11 @@ pub enum RedisCacheError {
     /// A Redis command failed.
     #[error("Redis command failed: {0}")]
     Command(#[from] FredError),
-    /// A Redis command did not answer within the configured cache operation timeout.
-    #[error("Redis did not answer within {0:?}")]
-    Timeout(Duration),
 }
 
 impl From<RedisCacheError> for TierError {
     fn from(err: RedisCacheError) -> Self {
         let kind = match &err {
-            RedisCacheError::Timeout(_) => TierErrorKind::Timeout,
             RedisCacheError::Url(_) => TierErrorKind::Rejected,
             RedisCacheError::Connect(_) => TierErrorKind::Unavailable,
             RedisCacheError::Command(e) => kind_of(e),
@@ -200,16 +196,15 @@ where
         &self,
         call: impl std::future::Future<Output = Result<T, FredError>>,
     ) -> Result<T, TierError> {
-        match tokio::time::timeout(self.op_timeout, call).await {
-            Ok(result) => result.map_err(|e| RedisCacheError::Command(e).into()),
-            Err(_) => Err(RedisCacheError::Timeout(self.op_timeout).into()),
-        }
+        // The deadline is fred's own (`Options::timeout`), which also drops the command from
+        // fred's queue; a second timer here would only cost time on every read.
+        call.await.map_err(|e| RedisCacheError::Command(e).into())
     }
 }
 
 /// Per-command options for a cache: fail at once while the connection is down instead of
 /// queueing (a queued write replayed after a reconnect could land after a later change),
-/// one attempt, and fred's own deadline, which also takes the command out of fred's queue.
+/// one attempt, and a deadline that also takes the command out of fred's queue.
 fn command_options(timeout: Duration) -> Options {
     Options {
         max_attempts: Some(1),
