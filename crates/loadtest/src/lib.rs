@@ -1,0 +1,1 @@
+//! The session-loadtest workload (being written).

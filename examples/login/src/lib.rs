@@ -1,0 +1,1 @@
+//! The login demo (being written).
