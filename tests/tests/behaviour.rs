@@ -58,6 +58,8 @@ suite! {
         oversized_session_is_rejected_before_any_write,
         storage_keys_are_hashes_of_the_id,
         another_sessions_bytes_are_never_served,
+        one_owners_sessions_are_listed_and_revoked_together,
+        health_reports_every_tier,
     ],
     durable: [
         session_survives_cache_key_delete,
@@ -68,6 +70,7 @@ suite! {
         delete_racing_a_refill_is_not_undone,
         change_racing_a_refill_is_not_undone,
         cache_stops_serving_a_session_the_durable_tier_lost_within_a_touch_interval,
+        owner_listing_survives_a_cache_flush,
     ],
     redis: [
         read_only_requests_cost_one_getex_and_no_durable_statement,
@@ -439,6 +442,78 @@ async fn another_sessions_bytes_are_never_served(kind: Kind) {
     assert_eq!(read(&f, &b).await, "5");
 }
 
+async fn sign_in(f: &Fixture, user: &str) -> String {
+    let anon = start_session(&f.app()).await;
+    let reply = send(
+        &f.app(),
+        "POST",
+        &format!("/sign-in?user={user}"),
+        Some(&anon),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    reply.cookie.expect("a rotated id")
+}
+
+/// alice signs in on three devices and bob on one: alice's list has exactly her three; she
+/// can revoke one of hers but not bob's, then sign out everywhere but here.
+async fn one_owners_sessions_are_listed_and_revoked_together(kind: Kind) {
+    let f = Fixture::new(kind).await;
+    let alice: Vec<String> = futures_join_all((0..3).map(|_| sign_in(&f, "alice"))).await;
+    let bob = sign_in(&f, "bob").await;
+    let listed = f.store.sessions_of("alice").await.expect("list");
+    let mut keys: Vec<_> = listed.iter().map(|s| s.key).collect();
+    keys.sort();
+    let mut expected: Vec<_> = alice
+        .iter()
+        .map(|c| StorageKey::from_id(&id_of(c)))
+        .collect();
+    expected.sort();
+    assert_eq!(keys, expected, "exactly alice's sessions");
+    for s in &listed {
+        assert_eq!(s.data["auth"]["user_id"], "alice");
+        assert!(
+            s.created_at <= s.last_seen_at && s.last_seen_at < s.expires_at,
+            "{s:?}"
+        );
+    }
+    // Not bob's session, whatever the key.
+    let bob_key = StorageKey::from_id(&id_of(&bob));
+    assert!(!f.store.revoke("alice", &bob_key).await.expect("revoke"));
+    assert_eq!(read(&f, &bob).await, "1");
+    // One of hers.
+    let first = StorageKey::from_id(&id_of(&alice[0]));
+    assert!(f.store.revoke("alice", &first).await.expect("revoke"));
+    assert_eq!(read(&f, &alice[0]).await, "0");
+    assert_eq!(f.store.sessions_of("alice").await.expect("list").len(), 2);
+    // Everywhere but here.
+    let here = id_of(&alice[2]);
+    assert_eq!(
+        f.store
+            .revoke_all("alice", Some(&here))
+            .await
+            .expect("revoke all"),
+        1
+    );
+    assert_eq!(read(&f, &alice[1]).await, "0");
+    assert_eq!(read(&f, &alice[2]).await, "1");
+    let left = f.store.sessions_of("alice").await.expect("list");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].key, StorageKey::from_id(&here));
+    assert_eq!(f.store.sessions_of("bob").await.expect("list").len(), 1);
+    assert!(f.store.sessions_of("carol").await.expect("list").is_empty());
+}
+
+async fn health_reports_every_tier(kind: Kind) {
+    let f = Fixture::new(kind).await;
+    let health = f.store.health().await;
+    assert!(health.cache.is_ok(), "{health:?}");
+    assert_eq!(health.durable.is_some(), kind.durable());
+    assert!(health.serving() && !health.degraded(), "{health:?}");
+    let json = serde_json::to_value(&health).expect("serializes");
+    assert_eq!(json["cache"]["state"], "ok");
+}
+
 // --- with a durable tier -------------------------------------------------------------
 
 async fn session_survives_cache_key_delete(kind: Kind) {
@@ -683,6 +758,25 @@ async fn cache_stops_serving_a_session_the_durable_tier_lost_within_a_touch_inte
     );
     f.cache_flush().await;
     assert_eq!(read(&f, &cookie).await, "0");
+}
+
+async fn owner_listing_survives_a_cache_flush(kind: Kind) {
+    let f = Fixture::new(kind).await;
+    let a = sign_in(&f, "alice").await;
+    let b = sign_in(&f, "alice").await;
+    f.cache_flush().await;
+    assert_eq!(f.store.sessions_of("alice").await.expect("list").len(), 2);
+    // And revoking still reaches the cache: a refilled entry is tombstoned.
+    assert_eq!(read(&f, &a).await, "1");
+    assert_eq!(
+        f.store
+            .revoke_all("alice", Some(&id_of(&b)))
+            .await
+            .expect("revoke"),
+        1
+    );
+    assert_eq!(read(&f, &a).await, "0");
+    assert_eq!(read(&f, &b).await, "1");
 }
 
 // --- Redis configurations -------------------------------------------------------------

@@ -28,6 +28,7 @@ fn session(key: StorageKey, data: &[u8], expires_in: time::Duration) -> StoredSe
         idle_timeout: Duration::from_secs(1800),
         expires_at: now + expires_in,
         data: data.to_vec(),
+        owner: None,
     }
 }
 
@@ -100,7 +101,7 @@ async fn postgres_update_never_recreates_and_touch_only_moves_forward() {
     let now = now_ms();
     let later = now + time::Duration::minutes(10);
     let updated = durable
-        .update(&key, b"v2", Duration::from_secs(60), later, now)
+        .update(&key, b"v2", Duration::from_secs(60), later, None, now)
         .await
         .expect("update")
         .expect("live row");
@@ -120,7 +121,7 @@ async fn postgres_update_never_recreates_and_touch_only_moves_forward() {
     assert_eq!(loaded.data, b"v2");
     durable.delete(&key).await.expect("delete");
     let gone = durable
-        .update(&key, b"v3", Duration::from_secs(60), later, now)
+        .update(&key, b"v3", Duration::from_secs(60), later, None, now)
         .await;
     assert_eq!(gone.expect("update"), None, "an update never re-creates");
     assert_eq!(durable.touch(&key, later, now).await.expect("touch"), None);
@@ -137,7 +138,14 @@ async fn postgres_update_never_recreates_and_touch_only_moves_forward() {
         None
     );
     let stale = durable
-        .update(&expired.key, b"x", Duration::from_secs(1), later, now_ms())
+        .update(
+            &expired.key,
+            b"x",
+            Duration::from_secs(1),
+            later,
+            None,
+            now_ms(),
+        )
         .await;
     assert_eq!(stale.expect("update"), None);
 }

@@ -61,6 +61,15 @@ impl TierError {
         self.kind
     }
 
+    /// An error for an operation this tier does not offer.
+    pub fn unsupported(what: &'static str) -> Self {
+        Self::new(
+            "cache",
+            TierErrorKind::Other,
+            format!("this tier has no {what}; configure a durable tier or Redis"),
+        )
+    }
+
     /// The tier that failed, as given to [`TierError::new`].
     pub fn tier(&self) -> &'static str {
         self.tier
@@ -132,6 +141,9 @@ pub enum ConfigError {
         /// The configured idle timeout.
         idle: std::time::Duration,
     },
+    /// The owner pointer is not a JSON pointer naming a session key (`/key/inner/path`).
+    #[error("owner pointer `{0}` must be a JSON pointer starting with `/` and a session key, like `/axum-login.data/user_id`")]
+    OwnerPointer(String),
     /// The absolute lifetime is shorter than the idle timeout.
     #[error("`absolute_lifetime` ({absolute:?}) must be at least `idle_timeout` ({idle:?})")]
     AbsoluteBeforeIdle {

@@ -24,6 +24,34 @@ impl StorageKey {
         Self(hasher.finalize().into())
     }
 
+    /// The key of an owner's session index (a different domain from session keys, so the
+    /// two can never collide).
+    pub fn from_owner(owner: &str) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"tiered-sessions/v1/owner\0");
+        hasher.update(owner.as_bytes());
+        Self(hasher.finalize().into())
+    }
+
+    /// Parses the 64-character hex form written by [`StorageKey::to_hex`].
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        let bytes = hex.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        };
+        let mut out = [0; 32];
+        for (i, pair) in bytes.chunks_exact(2).enumerate() {
+            out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+        }
+        Some(Self(out))
+    }
+
     /// Wraps raw key bytes, as read back from a durable tier.
     pub const fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
@@ -66,5 +94,13 @@ mod tests {
         assert_ne!(key, StorageKey::from_id(&Id(id.0 + 1)));
         assert_eq!(key.to_hex().len(), 64);
         assert!(!key.to_hex().contains(&id.to_string()));
+        assert_eq!(StorageKey::from_hex(&key.to_hex()), Some(key));
+        assert_eq!(
+            StorageKey::from_hex(&key.to_hex().to_uppercase()),
+            Some(key)
+        );
+        assert_eq!(StorageKey::from_hex("zz"), None);
+        assert_eq!(StorageKey::from_hex(&"g".repeat(64)), None);
+        assert_ne!(StorageKey::from_owner("7"), StorageKey::from_owner("8"));
     }
 }

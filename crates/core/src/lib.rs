@@ -43,6 +43,6 @@ pub use error::{BoxError, ConfigError, Error, TierError, TierErrorKind};
 pub use key::StorageKey;
 #[cfg(feature = "memory")]
 pub use memory::MemoryCache;
-pub use store::{TieredStore, TieredStoreBuilder, REVISION_KEY};
+pub use store::{Health, OwnedSession, TierHealth, TieredStore, TieredStoreBuilder, REVISION_KEY};
 pub use tier::{CacheTier, DurableTier, StoredSession, Updated};
 pub use tower_sessions_core;

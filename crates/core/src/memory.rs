@@ -195,6 +195,16 @@ impl CacheTier for MemoryCache {
         Ok(())
     }
 
+    async fn peek(&self, key: &StorageKey) -> Result<Option<(Bytes, Duration)>, TierError> {
+        // moka does not expose an entry's remaining time; the full TTL of its last write is
+        // the closest it tells.
+        Ok(self.cache.get(key).map(|slot| (slot.bytes, slot.ttl)))
+    }
+
+    async fn ping(&self) -> Result<(), TierError> {
+        Ok(())
+    }
+
     async fn note_durable_expiry(
         &self,
         key: &StorageKey,

@@ -86,6 +86,7 @@ struct Inner {
     max_session_bytes: usize,
     sweep_batch_size: u32,
     clock: Arc<dyn Clock>,
+    owner_pointer: Option<OwnerPointer>,
     digests: RandomState,
     touches_in_flight: Mutex<HashSet<StorageKey>>,
 }
@@ -116,6 +117,7 @@ pub struct TieredStoreBuilder {
     max_session_bytes: usize,
     sweep_batch_size: u32,
     clock: Arc<dyn Clock>,
+    owner_pointer: Option<String>,
 }
 
 impl TieredStore {
@@ -130,6 +132,7 @@ impl TieredStore {
             max_session_bytes: TieredStoreBuilder::DEFAULT_MAX_SESSION_BYTES,
             sweep_batch_size: TieredStoreBuilder::DEFAULT_SWEEP_BATCH_SIZE,
             clock: Arc::new(SystemClock),
+            owner_pointer: None,
         }
     }
 
@@ -236,6 +239,15 @@ impl TieredStoreBuilder {
         self
     }
 
+    /// Where in the session data the owner of a session is found, as a JSON pointer whose
+    /// first segment is the session key: `"/axum-login.data/user_id"` for axum-login's user
+    /// id. With it, [`TieredStore::sessions_of`], [`TieredStore::revoke`] and
+    /// [`TieredStore::revoke_all`] work ("log out everywhere"). Default: none.
+    pub fn with_owner_pointer(mut self, pointer: impl Into<String>) -> Self {
+        self.owner_pointer = Some(pointer.into());
+        self
+    }
+
     /// Replaces the clock the expiry logic reads (default: the system clock). For tests.
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
@@ -274,6 +286,10 @@ impl TieredStoreBuilder {
         if self.max_session_bytes == 0 {
             return Err(ConfigError::Zero("max_session_bytes"));
         }
+        let owner_pointer = self
+            .owner_pointer
+            .map(|p| OwnerPointer::parse(&p).ok_or(ConfigError::OwnerPointer(p)))
+            .transpose()?;
         Ok(TieredStore {
             inner: Arc::new(Inner {
                 cache: self.cache,
@@ -284,10 +300,131 @@ impl TieredStoreBuilder {
                 max_session_bytes: self.max_session_bytes,
                 sweep_batch_size: self.sweep_batch_size,
                 clock: self.clock,
+                owner_pointer,
                 digests: RandomState::new(),
                 touches_in_flight: Mutex::new(HashSet::new()),
             }),
         })
+    }
+}
+
+/// A JSON pointer into session data: the session key, then a pointer inside its value.
+#[derive(Debug, Clone)]
+struct OwnerPointer {
+    key: String,
+    inner: String,
+}
+
+impl OwnerPointer {
+    fn parse(pointer: &str) -> Option<Self> {
+        let rest = pointer.strip_prefix('/')?;
+        let (first, inner) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let key = first.replace("~1", "/").replace("~0", "~");
+        (!key.is_empty()).then(|| Self {
+            key,
+            inner: inner.to_owned(),
+        })
+    }
+
+    /// The owner named in `data`: a string as is, a number or boolean as written in JSON.
+    fn owner_in(&self, data: &envelope::Data) -> Option<String> {
+        let value = data.get(&self.key)?.pointer(&self.inner)?;
+        let owner = match value {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(_) | serde_json::Value::Bool(_) => value.to_string(),
+            _ => return None,
+        };
+        (!owner.is_empty() && owner.len() <= MAX_OWNER_LEN).then_some(owner)
+    }
+}
+
+/// Owners longer than this are not indexed (an id, not a document).
+const MAX_OWNER_LEN: usize = 256;
+
+/// At most this many sessions of one owner are listed.
+const MAX_LISTED: u32 = 1000;
+
+/// How long a health probe may take per tier.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One of an owner's live sessions, as [`TieredStore::sessions_of`] lists them.
+#[derive(Debug, Clone)]
+pub struct OwnedSession {
+    /// The session's storage key: what to pass to [`TieredStore::revoke`]. It is not the
+    /// session id (that never leaves the cookie), so it is safe to show.
+    pub key: StorageKey,
+    /// When the session was created.
+    pub created_at: OffsetDateTime,
+    /// When it was last used, give or take the touch interval.
+    pub last_seen_at: OffsetDateTime,
+    /// When it expires unless used again.
+    pub expires_at: OffsetDateTime,
+    /// The session data.
+    pub data: envelope::Data,
+}
+
+/// The state of one tier, from [`TieredStore::health`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum TierHealth {
+    /// It answered.
+    Ok {
+        /// How long the probe took.
+        latency_ms: f64,
+    },
+    /// It did not answer in time, or answered with an error.
+    Down {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl TierHealth {
+    /// Whether the tier answered.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Self::Ok { .. })
+    }
+}
+
+/// The state of the store's tiers, from [`TieredStore::health`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Health {
+    /// The cache tier.
+    pub cache: TierHealth,
+    /// The durable tier, if configured.
+    pub durable: Option<TierHealth>,
+}
+
+impl Health {
+    /// Whether sessions are being served: with a durable tier, when either tier answers
+    /// (Redis down: everything goes to the database; database down: cached reads work,
+    /// writes fail); without one, when the cache answers.
+    pub fn serving(&self) -> bool {
+        self.cache.is_ok() || self.durable.as_ref().is_some_and(TierHealth::is_ok)
+    }
+
+    /// Whether some configured tier is down while sessions are still served.
+    pub fn degraded(&self) -> bool {
+        self.serving()
+            && !(self.cache.is_ok() && self.durable.as_ref().is_none_or(TierHealth::is_ok))
+    }
+}
+
+async fn probe(ping: impl std::future::Future<Output = Result<(), TierError>>) -> TierHealth {
+    let started = Instant::now();
+    match tokio::time::timeout(PING_TIMEOUT, ping).await {
+        Ok(Ok(())) => TierHealth::Ok {
+            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+        },
+        Ok(Err(e)) => TierHealth::Down {
+            reason: e.to_string(),
+        },
+        Err(_) => TierHealth::Down {
+            reason: format!("no answer within {PING_TIMEOUT:?}"),
+        },
     }
 }
 
@@ -422,6 +559,10 @@ impl Inner {
             data,
             expiry_date,
         })
+    }
+
+    fn owner_of(&self, data: &envelope::Data) -> Option<String> {
+        self.owner_pointer.as_ref()?.owner_in(data)
     }
 
     fn encode_data(&self, record: &Record) -> Result<Vec<u8>, Error> {
@@ -680,8 +821,9 @@ impl TieredStore {
                 let expires_at = inner.durable_expiry(created_at, idle, now);
                 // Durable first: it is the source of truth, and an UPDATE never re-creates
                 // a session that a concurrent logout deleted.
+                let owner = inner.owner_of(&record.data);
                 let updated = durable
-                    .update(&key, &data, idle, expires_at, now)
+                    .update(&key, &data, idle, expires_at, owner.as_deref(), now)
                     .await
                     .map_err(|e| durable_error(e, "update"))?;
                 metrics::counter!(names::DURABLE_WRITES_TOTAL, "op" => "update").increment(1);
@@ -723,6 +865,7 @@ impl TieredStore {
                     durable_expires_at: None,
                     data,
                 };
+                self.index(&key, &record.data).await?;
                 // `require_present`: without a durable tier the cache is the truth, and a
                 // save must not re-create a session that expired or was deleted meanwhile.
                 let written = inner
@@ -813,6 +956,7 @@ impl TieredStore {
                         idle_timeout: idle,
                         expires_at,
                         data: data.clone(),
+                        owner: inner.owner_of(&record.data),
                     })
                     .await
                     .map_err(|e| durable_error(e, "insert"))?;
@@ -821,6 +965,9 @@ impl TieredStore {
                     tracing::warn!("session id collision in the durable tier; drawing a new id");
                     continue;
                 }
+            }
+            if inner.durable.is_none() {
+                self.index(&key, &record.data).await?;
             }
             match inner
                 .cache
@@ -860,6 +1007,208 @@ impl TieredStore {
             return Ok(());
         }
         Err(Error::IdExhausted(MAX_ID_ATTEMPTS))
+    }
+
+    /// Without a durable tier, records the session in its owner's index in the cache.
+    async fn index(&self, key: &StorageKey, data: &envelope::Data) -> Result<(), Error> {
+        let Some(owner) = self.inner.owner_of(data) else {
+            return Ok(());
+        };
+        self.inner.cache.index_add(&owner, key).await.map_err(|e| {
+            cache_error(&e, "index_add");
+            Error::Cache(e)
+        })
+    }
+
+    /// Tombstones cache entries of sessions the durable tier just deleted.
+    async fn tombstone(&self, key: &StorageKey) -> Result<(), Error> {
+        self.inner
+            .cache
+            .replace(key, &envelope::encode_tombstone(key), TOMBSTONE_TTL)
+            .await
+            .map_err(|e| {
+                cache_error(&e, "tombstone");
+                Error::Cache(e)
+            })
+    }
+
+    fn owned(
+        &self,
+        env: &SessionEnvelope,
+        data: envelope::Data,
+        expires_at: OffsetDateTime,
+        last_seen_at: OffsetDateTime,
+    ) -> OwnedSession {
+        OwnedSession {
+            key: env.key,
+            created_at: env.created_at,
+            last_seen_at: last_seen_at.max(env.created_at),
+            expires_at,
+            data,
+        }
+    }
+
+    /// The live sessions of `owner` (see
+    /// [`TieredStoreBuilder::with_owner_pointer`]), most recently active first, at most
+    /// 1000. With a durable tier they come from it (so the list survives a cache flush);
+    /// without one, from an index in the cache.
+    pub async fn sessions_of(&self, owner: &str) -> Result<Vec<OwnedSession>, Error> {
+        let inner = &*self.inner;
+        let now = inner.clock.now();
+        let mut sessions = Vec::new();
+        match &inner.durable {
+            Some(durable) => {
+                let rows = durable
+                    .list_owned(owner, now, MAX_LISTED)
+                    .await
+                    .map_err(|e| durable_error(e, "list_owned"))?;
+                for row in rows {
+                    let Some(data) = envelope::decode_data(&row.data) else {
+                        continue;
+                    };
+                    // The durable expiry is written as last touch + idle + touch interval.
+                    let last_seen = row.expires_at - row.idle_timeout - inner.touch_interval;
+                    let env = SessionEnvelope {
+                        key: row.key,
+                        version: row.version,
+                        created_at: row.created_at,
+                        idle_timeout: row.idle_timeout,
+                        durable_expires_at: Some(row.expires_at),
+                        data: Vec::new(),
+                    };
+                    let expires = plus(last_seen, row.idle_timeout);
+                    sessions.push(self.owned(&env, data, expires, last_seen));
+                }
+            }
+            None => {
+                let members = inner
+                    .cache
+                    .index_members(owner)
+                    .await
+                    .map_err(Error::Cache)?;
+                let mut gone = Vec::new();
+                for key in members {
+                    match self.peek_owned(owner, &key).await? {
+                        Some((env, data, left)) => {
+                            let last_seen = now - env.idle_timeout.saturating_sub(left);
+                            sessions.push(self.owned(&env, data, plus(now, left), last_seen));
+                        }
+                        None => gone.push(key),
+                    }
+                }
+                if !gone.is_empty() {
+                    if let Err(e) = inner.cache.index_remove(owner, &gone).await {
+                        cache_error(&e, "index_remove");
+                    }
+                }
+                sessions.sort_by_key(|s| std::cmp::Reverse(s.last_seen_at));
+            }
+        }
+        Ok(sessions)
+    }
+
+    /// A cached live session of `owner`, with its remaining time to live.
+    async fn peek_owned(
+        &self,
+        owner: &str,
+        key: &StorageKey,
+    ) -> Result<Option<(SessionEnvelope, envelope::Data, Duration)>, Error> {
+        let inner = &*self.inner;
+        let Some((bytes, left)) = inner.cache.peek(key).await.map_err(Error::Cache)? else {
+            return Ok(None);
+        };
+        let Ok(Entry::Record(env)) = envelope::decode(&bytes, key) else {
+            return Ok(None);
+        };
+        let Some(data) = envelope::decode_data(&env.data) else {
+            return Ok(None);
+        };
+        Ok((inner.owner_of(&data).as_deref() == Some(owner)).then_some((env, data, left)))
+    }
+
+    /// Ends one session of `owner`, in every tier. Returns `false`, doing nothing, when
+    /// `owner` has no live session under `key` (so a user can only revoke their own).
+    pub async fn revoke(&self, owner: &str, key: &StorageKey) -> Result<bool, Error> {
+        let inner = &*self.inner;
+        match &inner.durable {
+            Some(durable) => {
+                let deleted = durable
+                    .delete_owned(owner, key)
+                    .await
+                    .map_err(|e| durable_error(e, "delete_owned"))?;
+                if deleted {
+                    self.tombstone(key).await?;
+                }
+                Ok(deleted)
+            }
+            None => {
+                if self.peek_owned(owner, key).await?.is_none() {
+                    return Ok(false);
+                }
+                self.delete_key(key).await?;
+                if let Err(e) = inner.cache.index_remove(owner, &[*key]).await {
+                    cache_error(&e, "index_remove");
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Ends every session of `owner` except the one with id `keep` (typically the current
+    /// one: "sign out everywhere else"); returns how many were ended.
+    pub async fn revoke_all(&self, owner: &str, keep: Option<&Id>) -> Result<u64, Error> {
+        let inner = &*self.inner;
+        let keep = keep.map(StorageKey::from_id);
+        let ended = match &inner.durable {
+            Some(durable) => {
+                let keys = durable
+                    .delete_all_owned(owner, keep.as_ref())
+                    .await
+                    .map_err(|e| durable_error(e, "delete_all_owned"))?;
+                for key in &keys {
+                    self.tombstone(key).await?;
+                }
+                keys
+            }
+            None => {
+                let members = inner
+                    .cache
+                    .index_members(owner)
+                    .await
+                    .map_err(Error::Cache)?;
+                let mut ended = Vec::new();
+                for key in members.into_iter().filter(|k| Some(*k) != keep) {
+                    if self.peek_owned(owner, &key).await?.is_some() {
+                        self.delete_key(&key).await?;
+                    }
+                    ended.push(key);
+                }
+                if let Err(e) = inner.cache.index_remove(owner, &ended).await {
+                    cache_error(&e, "index_remove");
+                }
+                ended
+            }
+        };
+        Ok(ended.len() as u64)
+    }
+
+    /// Probes each tier (each bounded by a one-second timeout).
+    pub async fn health(&self) -> Health {
+        let inner = &*self.inner;
+        let cache = probe(inner.cache.ping());
+        match &inner.durable {
+            Some(durable) => {
+                let (cache, durable) = tokio::join!(cache, probe(durable.ping()));
+                Health {
+                    cache,
+                    durable: Some(durable),
+                }
+            }
+            None => Health {
+                cache: cache.await,
+                durable: None,
+            },
+        }
     }
 
     async fn delete_key(&self, key: &StorageKey) -> Result<(), Error> {

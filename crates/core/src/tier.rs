@@ -65,6 +65,32 @@ pub trait CacheTier: Debug + Send + Sync + 'static {
         version: u64,
         durable_expires_at: OffsetDateTime,
     ) -> Result<bool, TierError>;
+
+    /// Reads an entry and its remaining time to live without sliding it.
+    async fn peek(&self, key: &StorageKey) -> Result<Option<(Bytes, Duration)>, TierError>;
+
+    /// Checks that the tier answers (`PING`).
+    async fn ping(&self) -> Result<(), TierError>;
+
+    /// Adds `member` to the index of `owner`'s sessions. Only used without a durable tier
+    /// (with one, the durable tier is the index). Every operation touches one key, so it
+    /// works on Redis Cluster.
+    async fn index_add(&self, owner: &str, member: &StorageKey) -> Result<(), TierError> {
+        let _ = (owner, member);
+        Err(crate::TierError::unsupported("a per-owner index"))
+    }
+
+    /// The members of `owner`'s index (sessions that may have ended since).
+    async fn index_members(&self, owner: &str) -> Result<Vec<StorageKey>, TierError> {
+        let _ = owner;
+        Err(crate::TierError::unsupported("a per-owner index"))
+    }
+
+    /// Removes members from `owner`'s index.
+    async fn index_remove(&self, owner: &str, members: &[StorageKey]) -> Result<(), TierError> {
+        let _ = (owner, members);
+        Err(crate::TierError::unsupported("a per-owner index"))
+    }
 }
 
 /// A session as the durable tier stores it: one row per session.
@@ -83,6 +109,9 @@ pub struct StoredSession {
     pub expires_at: OffsetDateTime,
     /// The encoded session data.
     pub data: Vec<u8>,
+    /// Who the session belongs to (for example a user id), when the store is configured to
+    /// read one from the session data; lets one owner's sessions be listed and revoked.
+    pub owner: Option<String>,
 }
 
 /// What a successful [`DurableTier::update`] returns.
@@ -108,8 +137,8 @@ pub trait DurableTier: Debug + Send + Sync + 'static {
     /// (`INSERT … ON CONFLICT DO NOTHING`).
     async fn insert(&self, session: &StoredSession) -> Result<bool, TierError>;
 
-    /// Replaces the data, idle timeout and expiry of a live session and increments its
-    /// version. Never creates a row: `None` when the session is gone (deleted, or
+    /// Replaces the data, idle timeout, expiry and owner of a live session and increments
+    /// its version. Never creates a row: `None` when the session is gone (deleted, or
     /// `expires_at <= now`).
     async fn update(
         &self,
@@ -117,6 +146,7 @@ pub trait DurableTier: Debug + Send + Sync + 'static {
         data: &[u8],
         idle_timeout: Duration,
         expires_at: OffsetDateTime,
+        owner: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<Option<Updated>, TierError>;
 
@@ -136,4 +166,25 @@ pub trait DurableTier: Debug + Send + Sync + 'static {
     /// Deletes at most `batch_size` rows with `expires_at <= now`; returns how many. Safe
     /// to run on several instances at once.
     async fn delete_expired(&self, now: OffsetDateTime, batch_size: u32) -> Result<u64, TierError>;
+
+    /// The live sessions of `owner`, latest expiry first, at most `limit`.
+    async fn list_owned(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<StoredSession>, TierError>;
+
+    /// Deletes the session `key` if it belongs to `owner`; returns whether it did.
+    async fn delete_owned(&self, owner: &str, key: &StorageKey) -> Result<bool, TierError>;
+
+    /// Deletes every session of `owner` but `keep`; returns the keys it deleted.
+    async fn delete_all_owned(
+        &self,
+        owner: &str,
+        keep: Option<&StorageKey>,
+    ) -> Result<Vec<StorageKey>, TierError>;
+
+    /// Checks that the tier answers (`SELECT 1`).
+    async fn ping(&self) -> Result<(), TierError>;
 }

@@ -35,7 +35,7 @@ use bytes::Bytes;
 use fred::{
     clients::Client,
     error::{Error as FredError, ErrorKind},
-    interfaces::{ClientLike, KeysInterface, LuaInterface},
+    interfaces::{ClientLike, KeysInterface, LuaInterface, SetsInterface},
     types::{
         config::{Config, Options, ReconnectPolicy},
         Builder, ClusterHash, CustomCommand, Expiration, SetOptions, Value,
@@ -110,6 +110,7 @@ pub struct RedisCache<C = Client> {
 struct Scripts {
     put: String,
     note_durable_expiry: String,
+    peek: String,
 }
 
 impl<C> fmt::Debug for RedisCache<C> {
@@ -147,7 +148,7 @@ impl RedisCache<Client> {
 
 impl<C> RedisCache<C>
 where
-    C: ClientLike + KeysInterface + LuaInterface + Clone + Send + Sync + 'static,
+    C: ClientLike + KeysInterface + LuaInterface + SetsInterface + Clone + Send + Sync + 'static,
 {
     /// Default key prefix: `tsess:`.
     pub const DEFAULT_KEY_PREFIX: &'static str = "tsess:";
@@ -182,6 +183,16 @@ where
     /// The underlying fred client.
     pub fn client(&self) -> &C {
         &self.client
+    }
+
+    /// The Redis key of an owner's session index (a set of storage keys in hex), used only
+    /// without a durable tier.
+    pub fn owner_key(&self, owner: &str) -> String {
+        let mut out = String::with_capacity(self.prefix.len() + 70);
+        out.push_str(&self.prefix);
+        out.push_str("owner:");
+        out.push_str(&StorageKey::from_owner(owner).to_hex());
+        out
     }
 
     /// The Redis key a session is stored under.
@@ -268,9 +279,17 @@ redis.call('SETRANGE', KEYS[1], {offset}, ARGV[2])
 return 1
 "#
         );
+        // GET and PTTL of one key in one round trip; a key of another type reads as absent.
+        let peek = r#"
+local cur = redis.pcall('GET', KEYS[1])
+if type(cur) ~= 'string' then return false end
+return {cur, redis.call('PTTL', KEYS[1])}
+"#
+        .to_owned();
         Self {
             put,
             note_durable_expiry,
+            peek,
         }
     }
 }
@@ -278,7 +297,7 @@ return 1
 #[async_trait]
 impl<C> CacheTier for RedisCache<C>
 where
-    C: ClientLike + KeysInterface + LuaInterface + Clone + Send + Sync + 'static,
+    C: ClientLike + KeysInterface + LuaInterface + SetsInterface + Clone + Send + Sync + 'static,
 {
     async fn get_and_slide(
         &self,
@@ -388,5 +407,67 @@ where
             ))
             .await?;
         Ok(patched == 1)
+    }
+
+    async fn peek(&self, key: &StorageKey) -> Result<Option<(Bytes, Duration)>, TierError> {
+        let reply: Option<(Bytes, i64)> = self
+            .run(self.client.with_options(&self.options).eval(
+                self.scripts.peek.as_str(),
+                self.redis_key(key),
+                Vec::<Value>::new(),
+            ))
+            .await?;
+        Ok(reply.map(|(bytes, pttl)| {
+            // -1: no expiry (not written by this store); treat as just written.
+            let left = u64::try_from(pttl).map_or(Duration::ZERO, Duration::from_millis);
+            (bytes, left)
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), TierError> {
+        let ping = CustomCommand::new_static("PING", ClusterHash::Random, false);
+        self.run(
+            self.client
+                .with_options(&self.options)
+                .custom::<Value, Value>(ping, Vec::new()),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn index_add(&self, owner: &str, member: &StorageKey) -> Result<(), TierError> {
+        self.run(
+            self.client
+                .with_options(&self.options)
+                .sadd::<(), _, _>(self.owner_key(owner), member.to_hex()),
+        )
+        .await
+    }
+
+    async fn index_members(&self, owner: &str) -> Result<Vec<StorageKey>, TierError> {
+        let members: Vec<String> = self
+            .run(
+                self.client
+                    .with_options(&self.options)
+                    .smembers(self.owner_key(owner)),
+            )
+            .await?;
+        Ok(members
+            .iter()
+            .filter_map(|m| StorageKey::from_hex(m))
+            .collect())
+    }
+
+    async fn index_remove(&self, owner: &str, members: &[StorageKey]) -> Result<(), TierError> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let members: Vec<String> = members.iter().map(StorageKey::to_hex).collect();
+        self.run(
+            self.client
+                .with_options(&self.options)
+                .srem::<(), _, _>(self.owner_key(owner), members),
+        )
+        .await
     }
 }

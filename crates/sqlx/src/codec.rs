@@ -20,6 +20,7 @@ pub(crate) struct RawRow {
     pub(crate) idle_ms: i64,
     pub(crate) expires_at: OffsetDateTime,
     pub(crate) data: Vec<u8>,
+    pub(crate) owner: Option<String>,
 }
 
 impl RawRow {
@@ -31,6 +32,7 @@ impl RawRow {
             idle_timeout: idle_from_db(backend, self.idle_ms)?,
             expires_at: self.expires_at,
             data: self.data,
+            owner: self.owner,
         })
     }
 }
@@ -121,6 +123,7 @@ mod tests {
             idle_ms: 1_500,
             expires_at: datetime!(2024-01-01 1:00 UTC),
             data: b"data".to_vec(),
+            owner: None,
         }
     }
 

@@ -15,19 +15,33 @@ pub(crate) struct Migration {
 
 /// Postgres migrations, in the order they are applied.
 #[cfg(feature = "postgres")]
-pub(crate) const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "create_sessions",
-    sql: include_str!("../migrations/postgres/0001_create_sessions.sql"),
-}];
+pub(crate) const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "create_sessions",
+        sql: include_str!("../migrations/postgres/0001_create_sessions.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "session_owner",
+        sql: include_str!("../migrations/postgres/0002_session_owner.sql"),
+    },
+];
 
 /// SQLite migrations, in the order they are applied.
 #[cfg(feature = "sqlite")]
-pub(crate) const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "create_sessions",
-    sql: include_str!("../migrations/sqlite/0001_create_sessions.sql"),
-}];
+pub(crate) const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "create_sessions",
+        sql: include_str!("../migrations/sqlite/0001_create_sessions.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "session_owner",
+        sql: include_str!("../migrations/sqlite/0002_session_owner.sql"),
+    },
+];
 
 /// Logs versions recorded in the database that this build does not know: a newer release
 /// of the crate migrated the database (a rolling deploy, or a rollback of the app). They are

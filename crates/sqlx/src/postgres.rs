@@ -26,13 +26,19 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// bytes of `tiersess`. Fixed, so every instance and every release of the crate agree on it.
 const MIGRATION_LOCK_KEY: i64 = 0x7469_6572_7365_7373;
 
-const LOAD: &str = "SELECT key, version, created_at, idle_ms, expires_at, data \
+const LOAD: &str = "SELECT key, version, created_at, idle_ms, expires_at, data, owner \
      FROM tiered_sessions WHERE key = $1 AND expires_at > $2";
+const LIST_OWNED: &str = "SELECT key, version, created_at, idle_ms, expires_at, data, owner \
+     FROM tiered_sessions WHERE owner = $1 AND expires_at > $2 ORDER BY expires_at DESC LIMIT $3";
+const DELETE_OWNED: &str = "DELETE FROM tiered_sessions WHERE key = $1 AND owner = $2";
+const DELETE_ALL_OWNED: &str = "DELETE FROM tiered_sessions \
+     WHERE owner = $1 AND key IS DISTINCT FROM $2 RETURNING key";
 const INSERT: &str = "INSERT INTO tiered_sessions \
-     (key, version, created_at, idle_ms, expires_at, data) VALUES ($1, $2, $3, $4, $5, $6) \
+     (key, version, created_at, idle_ms, expires_at, data, owner) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) \
      ON CONFLICT (key) DO NOTHING";
 const UPDATE: &str = "UPDATE tiered_sessions \
-     SET data = $2, idle_ms = $3, expires_at = $4, version = version + 1 \
+     SET data = $2, idle_ms = $3, expires_at = $4, owner = $6, version = version + 1 \
      WHERE key = $1 AND expires_at > $5 RETURNING version, created_at";
 const TOUCH: &str = "UPDATE tiered_sessions SET expires_at = GREATEST(expires_at, $2) \
      WHERE key = $1 AND expires_at > $3 RETURNING version";
@@ -165,7 +171,29 @@ fn db_err(source: sqlx::Error) -> TierError {
     SqlxDurableError::sqlx(BACKEND, source).into()
 }
 
-type Row = (Vec<u8>, i64, OffsetDateTime, i64, OffsetDateTime, Vec<u8>);
+type Row = (
+    Vec<u8>,
+    i64,
+    OffsetDateTime,
+    i64,
+    OffsetDateTime,
+    Vec<u8>,
+    Option<String>,
+);
+
+fn from_row(row: Row) -> Result<StoredSession, TierError> {
+    let (key, version, created_at, idle_ms, expires_at, data, owner) = row;
+    let raw = RawRow {
+        key,
+        version,
+        created_at,
+        idle_ms,
+        expires_at,
+        data,
+        owner,
+    };
+    Ok(raw.into_session(BACKEND)?)
+}
 
 #[async_trait]
 impl DurableTier for PostgresDurable {
@@ -180,18 +208,7 @@ impl DurableTier for PostgresDurable {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
-        let Some((key, version, created_at, idle_ms, expires_at, data)) = row else {
-            return Ok(None);
-        };
-        let raw = RawRow {
-            key,
-            version,
-            created_at,
-            idle_ms,
-            expires_at,
-            data,
-        };
-        Ok(Some(raw.into_session(BACKEND)?))
+        row.map(from_row).transpose()
     }
 
     async fn insert(&self, session: &StoredSession) -> Result<bool, TierError> {
@@ -202,6 +219,7 @@ impl DurableTier for PostgresDurable {
             .bind(codec::idle_to_db(BACKEND, session.idle_timeout)?)
             .bind(truncate_to_ms(session.expires_at))
             .bind(session.data.as_slice())
+            .bind(session.owner.as_deref())
             .execute(&self.pool)
             .await
             .map_err(db_err)?;
@@ -214,6 +232,7 @@ impl DurableTier for PostgresDurable {
         data: &[u8],
         idle_timeout: Duration,
         expires_at: OffsetDateTime,
+        owner: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<Option<Updated>, TierError> {
         let row: Option<(i64, OffsetDateTime)> = sqlx::query_as(UPDATE)
@@ -222,6 +241,7 @@ impl DurableTier for PostgresDurable {
             .bind(codec::idle_to_db(BACKEND, idle_timeout)?)
             .bind(truncate_to_ms(expires_at))
             .bind(truncate_to_ms(now))
+            .bind(owner)
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
@@ -269,5 +289,55 @@ impl DurableTier for PostgresDurable {
             .await
             .map_err(db_err)?;
         Ok(done.rows_affected())
+    }
+
+    async fn list_owned(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<StoredSession>, TierError> {
+        let rows: Vec<Row> = sqlx::query_as(LIST_OWNED)
+            .bind(owner)
+            .bind(truncate_to_ms(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.into_iter().map(from_row).collect()
+    }
+
+    async fn delete_owned(&self, owner: &str, key: &StorageKey) -> Result<bool, TierError> {
+        let done = sqlx::query(DELETE_OWNED)
+            .bind(key.as_bytes().as_slice())
+            .bind(owner)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_all_owned(
+        &self,
+        owner: &str,
+        keep: Option<&StorageKey>,
+    ) -> Result<Vec<StorageKey>, TierError> {
+        let keys: Vec<Vec<u8>> = sqlx::query_scalar(DELETE_ALL_OWNED)
+            .bind(owner)
+            .bind(keep.map(|k| k.as_bytes().as_slice()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        keys.iter()
+            .map(|k| Ok(codec::key_from_db(BACKEND, k)?))
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), TierError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
     }
 }

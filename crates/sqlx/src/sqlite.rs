@@ -23,13 +23,19 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between attempts to open a database that another process is switching to WAL.
 const OPEN_RETRY_DELAY: Duration = Duration::from_millis(20);
 
-const LOAD: &str = "SELECT key, version, created_at, idle_ms, expires_at, data \
+const LOAD: &str = "SELECT key, version, created_at, idle_ms, expires_at, data, owner \
      FROM tiered_sessions WHERE key = ?1 AND expires_at > ?2";
+const LIST_OWNED: &str = "SELECT key, version, created_at, idle_ms, expires_at, data, owner \
+     FROM tiered_sessions WHERE owner = ?1 AND expires_at > ?2 ORDER BY expires_at DESC LIMIT ?3";
+const DELETE_OWNED: &str = "DELETE FROM tiered_sessions WHERE key = ?1 AND owner = ?2";
+const DELETE_ALL_OWNED: &str = "DELETE FROM tiered_sessions \
+     WHERE owner = ?1 AND key IS NOT ?2 RETURNING key";
 const INSERT: &str = "INSERT INTO tiered_sessions \
-     (key, version, created_at, idle_ms, expires_at, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+     (key, version, created_at, idle_ms, expires_at, data, owner) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
      ON CONFLICT (key) DO NOTHING";
 const UPDATE: &str = "UPDATE tiered_sessions \
-     SET data = ?2, idle_ms = ?3, expires_at = ?4, version = version + 1 \
+     SET data = ?2, idle_ms = ?3, expires_at = ?4, owner = ?6, version = version + 1 \
      WHERE key = ?1 AND expires_at > ?5 RETURNING version, created_at";
 const TOUCH: &str = "UPDATE tiered_sessions SET expires_at = MAX(expires_at, ?2) \
      WHERE key = ?1 AND expires_at > ?3 RETURNING version";
@@ -177,7 +183,21 @@ fn db_err(source: sqlx::Error) -> TierError {
     SqlxDurableError::sqlx(BACKEND, source).into()
 }
 
-type Row = (Vec<u8>, i64, i64, i64, i64, Vec<u8>);
+type Row = (Vec<u8>, i64, i64, i64, i64, Vec<u8>, Option<String>);
+
+fn from_row(row: Row) -> Result<StoredSession, TierError> {
+    let (key, version, created_at, idle_ms, expires_at, data, owner) = row;
+    let raw = RawRow {
+        key,
+        version,
+        created_at: from_unix_ms(BACKEND, "created_at", created_at)?,
+        idle_ms,
+        expires_at: from_unix_ms(BACKEND, "expires_at", expires_at)?,
+        data,
+        owner,
+    };
+    Ok(raw.into_session(BACKEND)?)
+}
 
 #[async_trait]
 impl DurableTier for SqliteDurable {
@@ -192,18 +212,7 @@ impl DurableTier for SqliteDurable {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
-        let Some((key, version, created_at, idle_ms, expires_at, data)) = row else {
-            return Ok(None);
-        };
-        let raw = RawRow {
-            key,
-            version,
-            created_at: from_unix_ms(BACKEND, "created_at", created_at)?,
-            idle_ms,
-            expires_at: from_unix_ms(BACKEND, "expires_at", expires_at)?,
-            data,
-        };
-        Ok(Some(raw.into_session(BACKEND)?))
+        row.map(from_row).transpose()
     }
 
     async fn insert(&self, session: &StoredSession) -> Result<bool, TierError> {
@@ -214,6 +223,7 @@ impl DurableTier for SqliteDurable {
             .bind(codec::idle_to_db(BACKEND, session.idle_timeout)?)
             .bind(to_unix_ms(BACKEND, "expires_at", session.expires_at)?)
             .bind(session.data.as_slice())
+            .bind(session.owner.as_deref())
             .execute(&self.pool)
             .await
             .map_err(db_err)?;
@@ -226,6 +236,7 @@ impl DurableTier for SqliteDurable {
         data: &[u8],
         idle_timeout: Duration,
         expires_at: OffsetDateTime,
+        owner: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<Option<Updated>, TierError> {
         let row: Option<(i64, i64)> = sqlx::query_as(UPDATE)
@@ -234,6 +245,7 @@ impl DurableTier for SqliteDurable {
             .bind(codec::idle_to_db(BACKEND, idle_timeout)?)
             .bind(to_unix_ms(BACKEND, "expires_at", expires_at)?)
             .bind(to_unix_ms(BACKEND, "now", now)?)
+            .bind(owner)
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
@@ -282,6 +294,56 @@ impl DurableTier for SqliteDurable {
             .map_err(db_err)?;
         Ok(done.rows_affected())
     }
+
+    async fn list_owned(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<StoredSession>, TierError> {
+        let rows: Vec<Row> = sqlx::query_as(LIST_OWNED)
+            .bind(owner)
+            .bind(to_unix_ms(BACKEND, "now", now)?)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.into_iter().map(from_row).collect()
+    }
+
+    async fn delete_owned(&self, owner: &str, key: &StorageKey) -> Result<bool, TierError> {
+        let done = sqlx::query(DELETE_OWNED)
+            .bind(key.as_bytes().as_slice())
+            .bind(owner)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_all_owned(
+        &self,
+        owner: &str,
+        keep: Option<&StorageKey>,
+    ) -> Result<Vec<StorageKey>, TierError> {
+        let keys: Vec<Vec<u8>> = sqlx::query_scalar(DELETE_ALL_OWNED)
+            .bind(owner)
+            .bind(keep.map(|k| k.as_bytes().as_slice()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        keys.iter()
+            .map(|k| Ok(codec::key_from_db(BACKEND, k)?))
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), TierError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -314,6 +376,7 @@ mod tests {
             idle_timeout: secs(60),
             expires_at,
             data: vec![n; 16],
+            owner: None,
         }
     }
 
@@ -428,7 +491,7 @@ mod tests {
         assert!(durable.insert(&session(1, NOW + secs(60))).await?);
 
         let updated = durable
-            .update(&key(1), b"new", secs(120), NOW + secs(120), NOW)
+            .update(&key(1), b"new", secs(120), NOW + secs(120), None, NOW)
             .await?;
         assert_eq!(
             updated,
@@ -449,7 +512,7 @@ mod tests {
         durable.delete(&key(1)).await?;
         assert_eq!(
             durable
-                .update(&key(1), b"again", secs(60), NOW + secs(60), NOW)
+                .update(&key(1), b"again", secs(60), NOW + secs(60), None, NOW)
                 .await?,
             None
         );
@@ -466,7 +529,7 @@ mod tests {
         let later = NOW + secs(10);
         assert_eq!(
             durable
-                .update(&key(1), b"late", secs(60), later + secs(60), later)
+                .update(&key(1), b"late", secs(60), later + secs(60), None, later)
                 .await?,
             None
         );

@@ -18,8 +18,9 @@ pub use sqlx;
 #[cfg(feature = "memory")]
 pub use tiered_sessions_core::MemoryCache;
 pub use tiered_sessions_core::{
-    metrics, CacheTier, Clock, ConfigError, DurableTier, Error, StorageKey, StoredSession,
-    SystemClock, TierError, TierErrorKind, TieredStore, TieredStoreBuilder, Updated, REVISION_KEY,
+    metrics, CacheTier, Clock, ConfigError, DurableTier, Error, Health, OwnedSession, StorageKey,
+    StoredSession, SystemClock, TierError, TierErrorKind, TierHealth, TieredStore,
+    TieredStoreBuilder, Updated, REVISION_KEY,
 };
 #[cfg(feature = "redis")]
 pub use tiered_sessions_redis::{RedisCache, RedisCacheError};
@@ -105,6 +106,7 @@ pub struct Builder {
     max_session_bytes: usize,
     cache_op_timeout: Option<Duration>,
     memory_cache_bytes: u64,
+    owner_pointer: Option<String>,
 }
 
 impl Default for Builder {
@@ -131,6 +133,7 @@ impl Builder {
             max_session_bytes: TieredStoreBuilder::DEFAULT_MAX_SESSION_BYTES,
             cache_op_timeout: None,
             memory_cache_bytes: Self::DEFAULT_MEMORY_CACHE_BYTES,
+            owner_pointer: None,
         }
     }
 
@@ -208,6 +211,13 @@ impl Builder {
         self
     }
 
+    /// Sets where the owner of a session is found in its data; see
+    /// [`TieredStoreBuilder::with_owner_pointer`].
+    pub fn with_owner_pointer(mut self, pointer: impl Into<String>) -> Self {
+        self.owner_pointer = Some(pointer.into());
+        self
+    }
+
     /// Sets the deadline of each Redis operation (default 250 ms).
     pub fn with_cache_op_timeout(mut self, cache_op_timeout: Duration) -> Self {
         self.cache_op_timeout = Some(cache_op_timeout);
@@ -260,6 +270,9 @@ impl Builder {
         }
         if let Some(absolute) = self.absolute_lifetime {
             store = store.with_absolute_lifetime(absolute);
+        }
+        if let Some(pointer) = self.owner_pointer {
+            store = store.with_owner_pointer(pointer);
         }
         Ok(store.build()?)
     }

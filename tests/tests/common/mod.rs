@@ -29,6 +29,9 @@ use tiered_sessions_tests::{shared_postgres, RedisServer};
 use time::OffsetDateTime;
 use tower::ServiceExt;
 
+/// Where the test app keeps the signed-in user.
+pub const OWNER_POINTER: &str = "/auth/user_id";
+
 /// The store configurations every behaviour test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -148,7 +151,7 @@ impl Fixture {
             }
             None => None,
         };
-        let store = configure(builder)
+        let store = configure(builder.with_owner_pointer(OWNER_POINTER))
             .build()
             .expect("valid store configuration");
         Self {
@@ -432,6 +435,7 @@ pub fn app(store: &TieredStore) -> Router {
         .route("/incr", post(incr))
         .route("/login", post(login))
         .route("/logout", post(logout))
+        .route("/sign-in", post(sign_in))
         .route("/logout-with-flash", post(logout_with_flash))
         .route("/expiry", post(set_expiry))
         .layer(tiered_sessions::session_layer(store).with_secure(false))
@@ -484,6 +488,22 @@ async fn logout(session: Session) -> Result<String, StatusCode> {
         .await
         .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
     Ok("bye".into())
+}
+
+/// Signs in as `?user=…` (rotating the id, as a login does) and keeps the user where the
+/// store's owner pointer finds it.
+async fn sign_in(
+    session: Session,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<String, StatusCode> {
+    let unavailable = |_| StatusCode::SERVICE_UNAVAILABLE;
+    let user = q.get("user").cloned().unwrap_or_default();
+    session.cycle_id().await.map_err(unavailable)?;
+    session
+        .insert("auth", serde_json::json!({ "user_id": user }))
+        .await
+        .map_err(unavailable)?;
+    Ok(user)
 }
 
 async fn logout_with_flash(session: Session) -> Result<String, StatusCode> {
@@ -601,9 +621,33 @@ impl<D: DurableTier> DurableTier for SlowLoads<D> {
         data: &[u8],
         idle: Duration,
         expires_at: OffsetDateTime,
+        owner: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<Option<Updated>, TierError> {
-        self.inner.update(key, data, idle, expires_at, now).await
+        self.inner
+            .update(key, data, idle, expires_at, owner, now)
+            .await
+    }
+    async fn list_owned(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<StoredSession>, TierError> {
+        self.inner.list_owned(owner, now, limit).await
+    }
+    async fn delete_owned(&self, owner: &str, key: &StorageKey) -> Result<bool, TierError> {
+        self.inner.delete_owned(owner, key).await
+    }
+    async fn delete_all_owned(
+        &self,
+        owner: &str,
+        keep: Option<&StorageKey>,
+    ) -> Result<Vec<StorageKey>, TierError> {
+        self.inner.delete_all_owned(owner, keep).await
+    }
+    async fn ping(&self) -> Result<(), TierError> {
+        self.inner.ping().await
     }
     async fn touch(
         &self,
