@@ -8,6 +8,7 @@
 //!   server start their own [`PostgresCluster`].
 //! - [`PgStats`]: transactions, row changes and statements of one database.
 //! - [`poll_until`] / [`poll_some`]: wait for a condition with a deadline.
+//! - [`ChromeDriver`]: headless Chromium sessions for end-to-end tests.
 //!
 //! Every server is cleaned up when its value is dropped, and by a watchdog process when
 //! the test process dies first, so nothing outlives a test run.
@@ -28,6 +29,7 @@
 //! }
 //! ```
 
+mod browser;
 mod net;
 mod pg_stats;
 mod poll;
@@ -35,6 +37,7 @@ mod postgres;
 mod process;
 mod redis;
 
+pub use browser::{ChromeDriver, CHROMIUM_ARGS};
 pub use net::free_port;
 pub use pg_stats::{pg_stats, PgStats, SESSIONS_TABLE};
 pub use poll::{poll_some, poll_until};

@@ -63,11 +63,15 @@ pub enum RedisCacheError {
     /// A Redis command failed.
     #[error("Redis command failed: {0}")]
     Command(#[from] FredError),
+    /// A Redis command did not answer within the cache operation timeout.
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 impl From<RedisCacheError> for TierError {
     fn from(err: RedisCacheError) -> Self {
         let kind = match &err {
+            RedisCacheError::Timeout(_) => TierErrorKind::Timeout,
             RedisCacheError::Url(_) => TierErrorKind::Rejected,
             RedisCacheError::Connect(_) => TierErrorKind::Unavailable,
             RedisCacheError::Command(e) => kind_of(e),
@@ -207,11 +211,18 @@ where
         &self,
         call: impl std::future::Future<Output = Result<T, FredError>>,
     ) -> Result<T, TierError> {
-        // The deadline is fred's own (`Options::timeout`), which also drops the command from
-        // fred's queue; a second timer here would only cost time on every read.
-        call.await.map_err(|e| RedisCacheError::Command(e).into())
+        // fred enforces the deadline itself (`Options::timeout`, which also takes the command
+        // out of its queue); this outer one is a backstop for any path where fred's is not
+        // applied, so no call can hang a request.
+        match tokio::time::timeout(self.op_timeout + BACKSTOP_MARGIN, call).await {
+            Ok(result) => result.map_err(|e| RedisCacheError::Command(e).into()),
+            Err(_) => Err(RedisCacheError::Timeout(self.op_timeout).into()),
+        }
     }
 }
+
+/// How much later than fred's own deadline the backstop fires.
+const BACKSTOP_MARGIN: Duration = Duration::from_millis(50);
 
 /// Per-command options for a cache: fail at once while the connection is down instead of
 /// queueing (a queued write replayed after a reconnect could land after a later change),

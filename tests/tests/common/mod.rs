@@ -433,6 +433,7 @@ pub fn app(store: &TieredStore) -> Router {
         .route("/read", get(read))
         .route("/slow-read", get(slow_read))
         .route("/incr", post(incr))
+        .route("/visit", get(incr))
         .route("/login", post(login))
         .route("/logout", post(logout))
         .route("/sign-in", post(sign_in))
