@@ -53,6 +53,7 @@ async fn a_user_signs_in_survives_a_flush_and_signs_out_another_browser() {
     let database = shared_postgres().await.create_database().await;
     let store = tiered_sessions::Builder::new()
         .with_redis_url(redis.url())
+        .with_cache_op_timeout(Duration::from_secs(2))
         .with_database_url(&database)
         .with_owner_pointer(OWNER_POINTER)
         .build()

@@ -58,7 +58,10 @@ impl Fixture {
         let (builder, redis, durable) = match kind {
             Kind::Tiered => {
                 let redis = RedisServer::start().await;
-                let cache = RedisCache::connect(&redis.url()).await.unwrap();
+                let cache = RedisCache::connect(&redis.url())
+                    .await
+                    .unwrap()
+                    .with_op_timeout(std::time::Duration::from_secs(2));
                 let url = shared_postgres().await.create_database().await;
                 let durable = PostgresDurable::connect(&url).await.unwrap();
                 durable.migrate().await.unwrap();

@@ -91,16 +91,28 @@ impl Fixture {
     }
 
     /// A fixture whose store is configured by `configure` on top of the tiers.
+    /// The store's warnings and errors show up in a failing test's output.
+    fn log_to_test_output() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+            .with_test_writer()
+            .try_init();
+    }
+
     pub async fn with(
         kind: Kind,
         configure: impl FnOnce(TieredStoreBuilder) -> TieredStoreBuilder,
     ) -> Self {
+        Self::log_to_test_output();
         let cache = match kind {
             Kind::Tiered | Kind::RedisOnly => {
                 let server = RedisServer::start().await;
+                // A generous deadline: these tests are about behaviour, not timeouts, and
+                // run on a loaded 2-core machine.
                 let cache = RedisCache::connect(&server.url())
                     .await
-                    .expect("connect to the private redis-server");
+                    .expect("connect to the private redis-server")
+                    .with_op_timeout(Duration::from_secs(2));
                 CacheHandle::Redis { server, cache }
             }
             Kind::Embedded => CacheHandle::Memory(MemoryCache::new(64 * 1024 * 1024)),
