@@ -7,23 +7,22 @@ use std::time::Duration;
 
 use fantoccini::{Client, Locator};
 use login_demo::{app, users::Users, AppState, OWNER_POINTER};
-use tiered_sessions_tests::{poll_until, shared_postgres, ChromeDriver, RedisServer};
+use tiered_sessions_tests::{poll_some, poll_until, shared_postgres, ChromeDriver, RedisServer};
 
+/// The text of the first element matching `css`, waiting for it to appear. One script
+/// finds and reads it, so a navigation in between cannot leave a stale element handle.
 async fn text(browser: &Client, css: &str) -> String {
-    let element = browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"));
-    let text = browser
-        .execute(
-            "return arguments[0].innerText",
-            vec![serde_json::to_value(&element).expect("element")],
-        )
-        .await
-        .expect("innerText");
-    text.as_str().unwrap_or_default().trim().to_owned()
+    let script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;";
+    let found = poll_some(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            let value = browser.execute(script, vec![css.into()]).await.ok()?;
+            value.as_str().map(|s| s.trim().to_owned())
+        },
+    )
+    .await;
+    found.unwrap_or_else(|| panic!("no `{css}` on the page"))
 }
 
 async fn sign_in(browser: &Client, url: &str, user: &str, password: &str) {
@@ -37,7 +36,14 @@ async fn sign_in(browser: &Client, url: &str, user: &str, password: &str) {
         .await
         .expect("password");
     form.submit().await.expect("submit");
-    assert!(text(browser, "h1").await.starts_with("Hello"), "signed in");
+    // The click returns before the next page has loaded: wait for it.
+    let signed_in = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { text(browser, "h1").await.starts_with("Hello") },
+    )
+    .await;
+    assert!(signed_in, "signed in as {user}");
 }
 
 async fn visits(browser: &Client) -> u64 {
