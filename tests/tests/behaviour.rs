@@ -459,7 +459,7 @@ async fn sign_in(f: &Fixture, user: &str) -> String {
 /// can revoke one of hers but not bob's, then sign out everywhere but here.
 async fn one_owners_sessions_are_listed_and_revoked_together(kind: Kind) {
     let f = Fixture::new(kind).await;
-    let alice: Vec<String> = futures_join_all((0..3).map(|_| sign_in(&f, "alice"))).await;
+    let alice: Vec<String> = one_after_another((0..3).map(|_| sign_in(&f, "alice"))).await;
     let bob = sign_in(&f, "bob").await;
     let listed = f.store.sessions_of("alice").await.expect("list");
     let mut keys: Vec<_> = listed.iter().map(|s| s.key).collect();
@@ -531,7 +531,7 @@ async fn session_survives_cache_key_delete(kind: Kind) {
 async fn session_survives_cache_flush(kind: Kind) {
     let f = Fixture::new(kind).await;
     let app = f.app();
-    let cookies: Vec<String> = futures_join_all((0..20).map(|_| start_session(&app))).await;
+    let cookies: Vec<String> = one_after_another((0..20).map(|_| start_session(&app))).await;
     f.cache_flush().await;
     for cookie in &cookies {
         assert_eq!(read(&f, cookie).await, "1");
@@ -918,7 +918,7 @@ async fn session_survives_cache_key_expiry(kind: Kind) {
     assert!(f.cache_raw(&id).await.is_some());
 }
 
-async fn futures_join_all<F: std::future::Future>(
+async fn one_after_another<F: std::future::Future>(
     futures: impl Iterator<Item = F>,
 ) -> Vec<F::Output> {
     let mut out = Vec::new();

@@ -767,13 +767,8 @@ impl TieredStore {
                 // failed): the cache must stop serving it.
                 Ok(Ok(None)) => {
                     tracing::warn!(key = ?key, "cache served a session the durable tier no longer has; revoked");
-                    if let Err(e) = inner
-                        .cache
-                        .replace(&key, &envelope::encode_tombstone(&key), TOMBSTONE_TTL)
-                        .await
-                    {
-                        cache_error(&e, "tombstone");
-                    }
+                    // Logged by `tombstone`; the next touch tries again.
+                    let _ = slot.store.tombstone(&key).await;
                 }
                 Ok(Err(e)) => {
                     durable_error(e, "touch");
@@ -1020,7 +1015,7 @@ impl TieredStore {
         })
     }
 
-    /// Tombstones cache entries of sessions the durable tier just deleted.
+    /// Marks a session the durable tier no longer has as deleted in the cache.
     async fn tombstone(&self, key: &StorageKey) -> Result<(), Error> {
         self.inner
             .cache
@@ -1033,16 +1028,16 @@ impl TieredStore {
     }
 
     fn owned(
-        &self,
-        env: &SessionEnvelope,
+        key: StorageKey,
+        created_at: OffsetDateTime,
         data: envelope::Data,
         expires_at: OffsetDateTime,
         last_seen_at: OffsetDateTime,
     ) -> OwnedSession {
         OwnedSession {
-            key: env.key,
-            created_at: env.created_at,
-            last_seen_at: last_seen_at.max(env.created_at),
+            key,
+            created_at,
+            last_seen_at: last_seen_at.max(created_at),
             expires_at,
             data,
         }
@@ -1068,16 +1063,14 @@ impl TieredStore {
                     };
                     // The durable expiry is written as last touch + idle + touch interval.
                     let last_seen = row.expires_at - row.idle_timeout - inner.touch_interval;
-                    let env = SessionEnvelope {
-                        key: row.key,
-                        version: row.version,
-                        created_at: row.created_at,
-                        idle_timeout: row.idle_timeout,
-                        durable_expires_at: Some(row.expires_at),
-                        data: Vec::new(),
-                    };
                     let expires = plus(last_seen, row.idle_timeout);
-                    sessions.push(self.owned(&env, data, expires, last_seen));
+                    sessions.push(Self::owned(
+                        row.key,
+                        row.created_at,
+                        data,
+                        expires,
+                        last_seen,
+                    ));
                 }
             }
             None => {
@@ -1091,7 +1084,14 @@ impl TieredStore {
                     match self.peek_owned(owner, &key).await? {
                         Some((env, data, left)) => {
                             let last_seen = now - env.idle_timeout.saturating_sub(left);
-                            sessions.push(self.owned(&env, data, plus(now, left), last_seen));
+                            let expires = plus(now, left);
+                            sessions.push(Self::owned(
+                                env.key,
+                                env.created_at,
+                                data,
+                                expires,
+                                last_seen,
+                            ));
                         }
                         None => gone.push(key),
                     }
@@ -1222,14 +1222,7 @@ impl TieredStore {
                 metrics::counter!(names::DURABLE_WRITES_TOTAL, "op" => "delete").increment(1);
                 // A tombstone rather than DEL: a load that read the row before the delete
                 // must not refill the cache with it afterwards.
-                inner
-                    .cache
-                    .replace(key, &envelope::encode_tombstone(key), TOMBSTONE_TTL)
-                    .await
-                    .map_err(|e| {
-                        cache_error(&e, "tombstone");
-                        Error::Cache(e)
-                    })
+                self.tombstone(key).await
             }
             None => inner.cache.remove(key).await.map_err(|e| {
                 cache_error(&e, "remove");

@@ -692,11 +692,11 @@ impl Backend {
     }
 }
 
-/// The per-command options `RedisCache` sets on every command (its defaults).
+/// The per-command options `RedisCache` sets on every command (its deadline is a timer
+/// around the call, not one of fred's options).
 fn store_command_options() -> Options {
     Options {
         max_attempts: Some(1),
-        timeout: Some(RedisCache::DEFAULT_OP_TIMEOUT),
         fail_fast: true,
         ..Options::default()
     }

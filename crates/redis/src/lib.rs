@@ -163,7 +163,7 @@ where
             client,
             prefix: Self::DEFAULT_KEY_PREFIX.into(),
             op_timeout: RedisCache::DEFAULT_OP_TIMEOUT,
-            options: command_options(RedisCache::DEFAULT_OP_TIMEOUT),
+            options: command_options(),
             scripts: Arc::new(Scripts::new()),
         }
     }
@@ -180,7 +180,6 @@ where
     /// [`RedisCache::DEFAULT_OP_TIMEOUT`]).
     pub fn with_op_timeout(mut self, op_timeout: Duration) -> Self {
         self.op_timeout = op_timeout;
-        self.options = command_options(op_timeout);
         self
     }
 
@@ -211,26 +210,22 @@ where
         &self,
         call: impl std::future::Future<Output = Result<T, FredError>>,
     ) -> Result<T, TierError> {
-        // fred enforces the deadline itself (`Options::timeout`, which also takes the command
-        // out of its queue); this outer one is a backstop for any path where fred's is not
-        // applied, so no call can hang a request.
-        match tokio::time::timeout(self.op_timeout + BACKSTOP_MARGIN, call).await {
+        // The one deadline of every cache call. fred's own per-command timeout is not used:
+        // it did not fire for a script while Redis was killed, and a second timer on every
+        // read would cost the hot path for nothing.
+        match tokio::time::timeout(self.op_timeout, call).await {
             Ok(result) => result.map_err(|e| RedisCacheError::Command(e).into()),
             Err(_) => Err(RedisCacheError::Timeout(self.op_timeout).into()),
         }
     }
 }
 
-/// How much later than fred's own deadline the backstop fires.
-const BACKSTOP_MARGIN: Duration = Duration::from_millis(50);
-
 /// Per-command options for a cache: fail at once while the connection is down instead of
 /// queueing (a queued write replayed after a reconnect could land after a later change),
-/// one attempt, and a deadline that also takes the command out of fred's queue.
-fn command_options(timeout: Duration) -> Options {
+/// and one attempt.
+fn command_options() -> Options {
     Options {
         max_attempts: Some(1),
-        timeout: Some(timeout),
         fail_fast: true,
         ..Options::default()
     }
