@@ -22,7 +22,9 @@ fn entry(key: &StorageKey, version: u64, n: u64) -> Vec<u8> {
         version,
         created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time"),
         idle_timeout: Duration::from_secs(1800),
+        epoch: 1,
         durable_expires_at: None,
+        cache_expires_at: OffsetDateTime::from_unix_timestamp(1_700_001_800).expect("time"),
         data: envelope::encode_data(&data, "_").expect("encode"),
     }
     .encode()
@@ -37,7 +39,7 @@ fn version_of(bytes: &[u8], key: &StorageKey) -> Option<u64> {
 
 async fn conditional_writes_follow_versions(cache: &dyn CacheTier) {
     let key = StorageKey::from_id(&Id::default());
-    assert!(cache.get_and_slide(&key, TTL).await.expect("get").is_none());
+    assert!(cache.get(&key).await.expect("get").is_none());
     // `require_present` refuses to create.
     assert!(!cache
         .put(&key, &entry(&key, 1, 1), TTL, true)
@@ -67,12 +69,24 @@ async fn conditional_writes_follow_versions(cache: &dyn CacheTier) {
         .put(&key, &entry(&key, 2, 2), TTL, true)
         .await
         .expect("put"));
-    let got = cache
-        .get_and_slide(&key, TTL)
-        .await
-        .expect("get")
-        .expect("present");
+    let got = cache.get(&key).await.expect("get").expect("present");
     assert_eq!(version_of(&got, &key), Some(3));
+    // Same version: a later epoch replaces it, an earlier one does not.
+    let mut later = envelope::decode(&got, &key).expect("decodes");
+    if let Entry::Record(env) = &mut later {
+        env.epoch = 2;
+    }
+    let Entry::Record(later) = later else {
+        panic!("a record")
+    };
+    assert!(cache
+        .put(&key, &later.encode(), TTL, false)
+        .await
+        .expect("put"));
+    assert!(!cache
+        .put(&key, &entry(&key, 3, 3), TTL, false)
+        .await
+        .expect("put"));
     // A tombstone stops every later conditional write.
     cache
         .replace(&key, &envelope::encode_tombstone(&key), TTL)
@@ -97,10 +111,10 @@ async fn conditional_writes_follow_versions(cache: &dyn CacheTier) {
             .expect("put"));
     }
     cache.remove(&key).await.expect("remove");
-    assert!(cache.get_and_slide(&key, TTL).await.expect("get").is_none());
+    assert!(cache.get(&key).await.expect("get").is_none());
 }
 
-async fn durable_expiry_note_checks_the_version(cache: &dyn CacheTier) {
+async fn slides_check_the_version(cache: &dyn CacheTier) {
     let key = StorageKey::from_id(&Id::default());
     cache
         .insert(&key, &entry(&key, 4, 4), TTL)
@@ -108,31 +122,28 @@ async fn durable_expiry_note_checks_the_version(cache: &dyn CacheTier) {
         .expect("insert");
     let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("time");
     assert!(
-        !cache.note_durable_expiry(&key, 3, at).await.expect("note"),
+        !cache
+            .slide(&key, 3, TTL, Some(at), at)
+            .await
+            .expect("slide"),
         "stale version"
     );
-    assert!(cache.note_durable_expiry(&key, 4, at).await.expect("note"));
-    let got = cache
-        .get_and_slide(&key, TTL)
+    let cache_at = OffsetDateTime::from_unix_timestamp(1_800_000_100).expect("time");
+    assert!(cache
+        .slide(&key, 4, TTL, Some(at), cache_at)
         .await
-        .expect("get")
-        .expect("present");
+        .expect("slide"));
+    let got = cache.get(&key).await.expect("get").expect("present");
     let Ok(Entry::Record(env)) = envelope::decode(&got, &key) else {
         panic!("a record")
     };
     assert_eq!(env.durable_expires_at, Some(at));
+    assert_eq!(env.cache_expires_at, cache_at);
     assert_eq!(env.version, 4);
     let absent = StorageKey::from_id(&Id::default());
-    assert!(!cache
-        .note_durable_expiry(&absent, 1, at)
-        .await
-        .expect("note"));
+    assert!(!cache.slide(&absent, 1, TTL, None, at).await.expect("slide"));
     assert!(
-        cache
-            .get_and_slide(&absent, TTL)
-            .await
-            .expect("get")
-            .is_none(),
+        cache.get(&absent).await.expect("get").is_none(),
         "never creates"
     );
 }
@@ -150,19 +161,19 @@ async fn memory_conditional_writes_follow_versions() {
 }
 
 #[tokio::test]
-async fn redis_durable_expiry_note_checks_the_version() {
+async fn redis_slides_check_the_version() {
     let server = RedisServer::start().await;
     let cache = RedisCache::connect(&server.url()).await.expect("connect");
-    durable_expiry_note_checks_the_version(&cache).await;
+    slides_check_the_version(&cache).await;
 }
 
 #[tokio::test]
-async fn memory_durable_expiry_note_checks_the_version() {
-    durable_expiry_note_checks_the_version(&MemoryCache::new(1 << 20)).await;
+async fn memory_slides_check_the_version() {
+    slides_check_the_version(&MemoryCache::new(1 << 20)).await;
 }
 
 #[tokio::test]
-async fn redis_reads_slide_and_notes_keep_the_ttl() {
+async fn redis_reads_leave_the_ttl_and_slides_set_it() {
     let server = RedisServer::start().await;
     let cache = RedisCache::connect(&server.url())
         .await
@@ -177,19 +188,16 @@ async fn redis_reads_slide_and_notes_keep_the_ttl() {
         .expect("insert");
     let pttl: i64 = server.admin().pttl(&name).await.expect("pttl");
     assert!((9_000..=10_000).contains(&pttl), "{pttl}");
-    cache
-        .get_and_slide(&key, Duration::from_secs(100))
-        .await
-        .expect("get");
+    cache.get(&key).await.expect("get");
     let pttl: i64 = server.admin().pttl(&name).await.expect("pttl");
-    assert!((99_000..=100_000).contains(&pttl), "GETEX slid it: {pttl}");
+    assert!((8_000..=10_000).contains(&pttl), "GET left it: {pttl}");
     let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("time");
-    assert!(cache.note_durable_expiry(&key, 1, at).await.expect("note"));
+    assert!(cache
+        .slide(&key, 1, Duration::from_secs(100), Some(at), at)
+        .await
+        .expect("slide"));
     let pttl: i64 = server.admin().pttl(&name).await.expect("pttl");
-    assert!(
-        (98_000..=100_000).contains(&pttl),
-        "SETRANGE kept the TTL: {pttl}"
-    );
+    assert!((98_000..=100_000).contains(&pttl), "slid: {pttl}");
 }
 
 #[tokio::test]
@@ -200,8 +208,8 @@ async fn redis_wrong_type_is_overwritten_by_a_refill_only() {
     let name = cache.redis_key(&key);
     let _: () = server.admin().hset(&name, ("a", "b")).await.expect("hset");
     assert!(
-        cache.get_and_slide(&key, TTL).await.is_err(),
-        "GETEX on a hash is an error, not a panic"
+        cache.get(&key).await.is_err(),
+        "GET on a hash is an error, not a panic"
     );
     assert!(!cache
         .put(&key, &entry(&key, 1, 1), TTL, true)
@@ -211,11 +219,7 @@ async fn redis_wrong_type_is_overwritten_by_a_refill_only() {
         .put(&key, &entry(&key, 1, 1), TTL, false)
         .await
         .expect("put"));
-    let got = cache
-        .get_and_slide(&key, TTL)
-        .await
-        .expect("get")
-        .expect("present");
+    let got = cache.get(&key).await.expect("get").expect("present");
     assert_eq!(version_of(&got, &key), Some(1));
 }
 

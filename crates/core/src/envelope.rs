@@ -3,25 +3,30 @@
 //! ```text
 //! offset  size  field
 //!      0     2  magic "TS"
-//!      2     1  format version (1)
+//!      2     1  format version (2)
 //!      3     1  kind: 1 = session record, 2 = tombstone
 //!      4    32  storage key of the session the entry belongs to
 //!     36     8  version, big-endian u64, incremented by every change
 //!     44     8  created at, unix milliseconds, big-endian i64
 //!     52     8  idle timeout, milliseconds, big-endian u64
-//!     60     8  durable expiry, unix milliseconds, big-endian i64 (0: no durable tier)
-//!     68     4  CRC-32 of every other byte (all but this field and the durable expiry)
-//!     72     …  session data, MessagePack map (records only)
+//!     60     8  cache epoch the entry was written under, big-endian u64
+//!     68     4  CRC-32 of bytes 0..68 and of the data
+//!     72     8  durable expiry, unix milliseconds, big-endian i64 (0: no durable tier)
+//!     80     8  cache expiry: when the cache's time to live for it runs out, unix ms
+//!     88     …  session data, MessagePack map (records only)
 //! ```
 //!
 //! The header has fixed offsets so that a cache server can compare versions and patch the
-//! durable expiry without decoding the data (see the Redis tier's Lua scripts), and the
+//! two expiries without decoding the data (see the Redis tier's Lua scripts), and the
 //! entry names its own key so that bytes copied, misrouted or planted under another key
 //! are never served as that session: they are a miss. The checksum turns any other damage
 //! (a truncated write, a flipped bit, a partial overwrite) into a miss too, rather than
-//! data that happens to decode. It leaves out the durable expiry so that field can be
-//! patched in place. Decoding never panics and never allocates more than the input's
-//! length.
+//! data that happens to decode. It leaves out the two expiries so they can be patched in
+//! place. Decoding never panics and never allocates more than the input's length.
+//!
+//! The epoch is how the store invalidates every cached record at once when the cache may
+//! have missed a change (see [`TieredStore`](crate::TieredStore)): a record written under
+//! an older epoch than the current one is a miss.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -32,7 +37,7 @@ use crate::StorageKey;
 /// The two magic bytes every entry starts with.
 pub const MAGIC: [u8; 2] = *b"TS";
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 /// Kind byte of a session record.
 pub const KIND_RECORD: u8 = 1;
 /// Kind byte of a tombstone: the session was deleted, refills must not bring it back.
@@ -47,12 +52,16 @@ pub const VERSION_OFFSET: usize = 36;
 pub const CREATED_OFFSET: usize = 44;
 /// Offset of the idle timeout.
 pub const IDLE_OFFSET: usize = 52;
-/// Offset of the durable expiry.
-pub const DURABLE_EXPIRY_OFFSET: usize = 60;
+/// Offset of the cache epoch.
+pub const EPOCH_OFFSET: usize = 60;
 /// Offset of the checksum.
 pub const CHECKSUM_OFFSET: usize = 68;
+/// Offset of the durable expiry; the cache expiry follows it.
+pub const DURABLE_EXPIRY_OFFSET: usize = 72;
+/// Offset of the cache expiry.
+pub const CACHE_EXPIRY_OFFSET: usize = 80;
 /// Length of the header; the data follows.
-pub const HEADER_LEN: usize = 72;
+pub const HEADER_LEN: usize = 88;
 
 /// The longest idle timeout or absolute lifetime a session can have: 400 days, the most
 /// browsers keep a cookie. Longer values are clamped when written and refused when read.
@@ -85,8 +94,12 @@ pub struct SessionEnvelope {
     pub created_at: OffsetDateTime,
     /// The session's idle timeout.
     pub idle_timeout: Duration,
+    /// The cache epoch the entry was written under.
+    pub epoch: u64,
     /// The durable tier's expiry for the session, `None` without a durable tier.
     pub durable_expires_at: Option<OffsetDateTime>,
+    /// When the cache's time to live for this entry runs out (as last set by the store).
+    pub cache_expires_at: OffsetDateTime,
     /// The session data, MessagePack-encoded by [`encode_data`].
     pub data: Vec<u8>,
 }
@@ -119,8 +132,12 @@ impl SessionEnvelope {
         push_header(&mut out, KIND_RECORD, &self.key, self.version);
         out.extend_from_slice(&unix_ms(self.created_at).to_be_bytes());
         out.extend_from_slice(&duration_ms(self.idle_timeout).to_be_bytes());
-        out.extend_from_slice(&self.durable_expires_at.map_or(0, unix_ms).to_be_bytes());
+        out.extend_from_slice(&self.epoch.to_be_bytes());
         out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&expiry_bytes(
+            self.durable_expires_at,
+            self.cache_expires_at,
+        ));
         out.extend_from_slice(&self.data);
         seal(&mut out);
         out
@@ -138,14 +155,14 @@ pub fn encode_tombstone(key: &StorageKey) -> Vec<u8> {
 
 fn checksum(entry: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&entry[..DURABLE_EXPIRY_OFFSET]);
+    hasher.update(&entry[..CHECKSUM_OFFSET]);
     hasher.update(&entry[HEADER_LEN..]);
     hasher.finalize()
 }
 
 fn seal(entry: &mut [u8]) {
     let sum = checksum(entry);
-    entry[CHECKSUM_OFFSET..HEADER_LEN].copy_from_slice(&sum.to_be_bytes());
+    entry[CHECKSUM_OFFSET..DURABLE_EXPIRY_OFFSET].copy_from_slice(&sum.to_be_bytes());
 }
 
 fn push_header(out: &mut Vec<u8>, kind: u8, key: &StorageKey, version: u64) {
@@ -183,6 +200,8 @@ pub fn decode(bytes: &[u8], expected: &StorageKey) -> Result<Entry, DecodeError>
                 0 => None,
                 ms => Some(from_unix_ms(ms).ok_or(DecodeError::Corrupt)?),
             };
+            let cache_expires_at =
+                from_unix_ms(be_i64(header, CACHE_EXPIRY_OFFSET)).ok_or(DecodeError::Corrupt)?;
             if idle_ms == 0 || idle_ms > duration_ms(MAX_LIFETIME) {
                 return Err(DecodeError::Corrupt);
             }
@@ -191,7 +210,9 @@ pub fn decode(bytes: &[u8], expected: &StorageKey) -> Result<Entry, DecodeError>
                 version: be_u64(header, VERSION_OFFSET),
                 created_at,
                 idle_timeout: Duration::from_millis(idle_ms),
+                epoch: be_u64(header, EPOCH_OFFSET),
                 durable_expires_at,
+                cache_expires_at,
                 data: bytes[HEADER_LEN..].to_vec(),
             }))
         }
@@ -205,7 +226,7 @@ pub fn decode(bytes: &[u8], expected: &StorageKey) -> Result<Entry, DecodeError>
 ///
 /// - never over a tombstone of the same session (a deleted session stays deleted);
 /// - never over a higher version of the same session (a slow writer or a refill racing a
-///   change cannot roll it back);
+///   change cannot roll it back), nor over the same version written under a later epoch;
 /// - with `require_present`, only over a live record of the same session (a save without a
 ///   durable tier must not re-create a session that expired or was deleted);
 /// - anything else (absent, foreign, corrupt, another format) is overwritten.
@@ -219,25 +240,37 @@ pub fn put_allowed(current: Option<&[u8]>, new: &[u8], require_present: bool) ->
     match current {
         Some(cur) if ours(cur) => match cur[KIND_OFFSET] {
             KIND_TOMBSTONE => false,
-            KIND_RECORD => be_u64(cur, VERSION_OFFSET) <= be_u64(new, VERSION_OFFSET),
+            KIND_RECORD => order(cur) <= order(new),
             _ => !require_present,
         },
         _ => !require_present,
     }
 }
 
+/// The order of two records of one session: version, then epoch.
+fn order(entry: &[u8]) -> (u64, u64) {
+    (be_u64(entry, VERSION_OFFSET), be_u64(entry, EPOCH_OFFSET))
+}
+
 /// The header prefix (magic, format, kind, key, version) that identifies `version` of a
-/// live record of `key`; [`CacheTier::note_durable_expiry`](crate::CacheTier::note_durable_expiry)
-/// compares it before patching.
+/// live record of `key`; [`CacheTier::slide`](crate::CacheTier::slide) compares it before
+/// patching.
 pub fn record_prefix(key: &StorageKey, version: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(CREATED_OFFSET);
     push_header(&mut out, KIND_RECORD, key, version);
     out
 }
 
-/// The 8 bytes stored at [`DURABLE_EXPIRY_OFFSET`] for a durable expiry.
-pub fn durable_expiry_bytes(at: OffsetDateTime) -> [u8; 8] {
-    unix_ms(at).to_be_bytes()
+/// The 16 bytes stored at [`DURABLE_EXPIRY_OFFSET`]: the durable expiry (0 for none), then
+/// the cache expiry. [`CacheTier::slide`](crate::CacheTier::slide) patches them in place.
+pub fn expiry_bytes(
+    durable_expires_at: Option<OffsetDateTime>,
+    cache_expires_at: OffsetDateTime,
+) -> [u8; 16] {
+    let mut out = [0; 16];
+    out[..8].copy_from_slice(&durable_expires_at.map_or(0, unix_ms).to_be_bytes());
+    out[8..].copy_from_slice(&unix_ms(cache_expires_at).to_be_bytes());
+    out
 }
 
 /// Encodes session data canonically: a MessagePack map with keys in sorted order, so that
@@ -309,7 +342,9 @@ mod tests {
             version,
             created_at: from_unix_ms(1_700_000_000_123).expect("in range"),
             idle_timeout: Duration::from_secs(1800),
+            epoch: 4,
             durable_expires_at: from_unix_ms(1_700_000_900_000),
+            cache_expires_at: from_unix_ms(1_700_000_800_000).expect("in range"),
             data: encode_data(&data, "_").expect("encodes"),
         }
     }
@@ -324,16 +359,24 @@ mod tests {
     }
 
     #[test]
-    fn any_damage_is_corrupt_but_the_durable_expiry_may_be_patched() {
+    fn any_damage_is_corrupt_but_the_expiries_may_be_patched() {
         let env = envelope(3);
         let mut bytes = env.encode();
         let at = from_unix_ms(1_800_000_000_000).expect("in range");
-        bytes[DURABLE_EXPIRY_OFFSET..DURABLE_EXPIRY_OFFSET + 8]
-            .copy_from_slice(&durable_expiry_bytes(at));
+        let cache_at = from_unix_ms(1_800_000_000_500).expect("in range");
+        bytes[DURABLE_EXPIRY_OFFSET..HEADER_LEN].copy_from_slice(&expiry_bytes(Some(at), cache_at));
         let Ok(Entry::Record(patched)) = decode(&bytes, &env.key) else {
             panic!("a patched entry decodes");
         };
         assert_eq!(patched.durable_expires_at, Some(at));
+        assert_eq!(patched.cache_expires_at, cache_at);
+        let mut epoch = bytes.clone();
+        epoch[EPOCH_OFFSET + 7] ^= 0x01;
+        assert_eq!(
+            decode(&epoch, &env.key),
+            Err(DecodeError::Corrupt),
+            "the epoch is sealed"
+        );
         let last = bytes.len() - 1;
         bytes[last] ^= 0x01;
         assert_eq!(decode(&bytes, &env.key), Err(DecodeError::Corrupt));
@@ -410,5 +453,12 @@ mod tests {
         assert!(put_allowed(Some(b"garbage"), &v1, false));
         assert!(!put_allowed(Some(b"garbage"), &v1, true));
         assert!(put_allowed(Some(&other_key), &v1, false));
+        // Same version: a later epoch wins, an earlier one does not.
+        let mut v2_later = envelope(2);
+        v2_later.epoch += 1;
+        let v2_later = v2_later.encode();
+        assert!(put_allowed(Some(&v2), &v2_later, false));
+        assert!(!put_allowed(Some(&v2_later), &v2, false));
+        assert!(put_allowed(Some(&v2_later), &envelope(3).encode(), false));
     }
 }

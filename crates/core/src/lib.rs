@@ -2,8 +2,12 @@
 //! composed of a fast [`CacheTier`] (Redis, or memory in-process) and an optional
 //! [`DurableTier`] (Postgres, SQLite) that is the source of truth.
 //!
-//! - **Reads** are one cache round trip that reads and slides the expiry (`GETEX … PX`);
-//!   a miss for any reason reads through to the durable tier and refills the cache.
+//! - **Reads** are one cache round trip (`GET`); the cache expiry is slid at most once per
+//!   touch interval per session, in the background. A miss for any reason reads through to
+//!   the durable tier and refills the cache.
+//! - **Cache failures** never fail a request when a durable tier is configured: a circuit
+//!   breaker sends requests to the durable tier while the cache is down or slow, and a
+//!   cache epoch makes sure no instance serves a copy that a failed cache write left stale.
 //! - **Changes** are written to the durable tier first, then to the cache, before the
 //!   response is sent; a read-only request writes nothing back, so it cannot undo a
 //!   concurrent change.
@@ -27,6 +31,7 @@
 //! # let _ = store;
 //! ```
 
+mod breaker;
 mod clock;
 pub mod envelope;
 mod error;

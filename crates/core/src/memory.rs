@@ -27,8 +27,6 @@ pub struct MemoryCache {
 struct Slot {
     bytes: Bytes,
     ttl: Duration,
-    /// Keep the remaining time to live on update (an in-place patch, like `SETRANGE`).
-    keep_ttl: bool,
 }
 
 #[derive(Debug)]
@@ -44,13 +42,9 @@ impl Expiry<StorageKey, Slot> for SlotTtl {
         _: &StorageKey,
         slot: &Slot,
         _: Instant,
-        remaining: Option<Duration>,
+        _: Option<Duration>,
     ) -> Option<Duration> {
-        if slot.keep_ttl {
-            remaining
-        } else {
-            Some(slot.ttl)
-        }
+        Some(slot.ttl)
     }
 }
 
@@ -70,7 +64,7 @@ impl MemoryCache {
     }
 
     /// Reads an entry without touching its time to live (for inspection; the store reads
-    /// with [`CacheTier::get_and_slide`]).
+    /// with [`CacheTier::get`]).
     pub fn peek(&self, key: &StorageKey) -> Option<Bytes> {
         self.cache.get(key).map(|slot| slot.bytes)
     }
@@ -93,36 +87,8 @@ impl MemoryCache {
 
 #[async_trait]
 impl CacheTier for MemoryCache {
-    async fn get_and_slide(
-        &self,
-        key: &StorageKey,
-        ttl: Duration,
-    ) -> Result<Option<Bytes>, TierError> {
-        Ok(
-            match self.compute(key, |slot| match slot {
-                Some(slot) => Op::Put(Slot {
-                    ttl,
-                    keep_ttl: false,
-                    ..slot
-                }),
-                None => Op::Nop,
-            }) {
-                CompResult::ReplacedWith(entry) => Some(entry.into_value().bytes),
-                _ => None,
-            },
-        )
-    }
-
-    async fn set_ttl(&self, key: &StorageKey, ttl: Duration) -> Result<(), TierError> {
-        self.compute(key, |slot| match slot {
-            Some(slot) => Op::Put(Slot {
-                ttl,
-                keep_ttl: false,
-                ..slot
-            }),
-            None => Op::Nop,
-        });
-        Ok(())
+    async fn get(&self, key: &StorageKey) -> Result<Option<Bytes>, TierError> {
+        Ok(self.cache.get(key).map(|slot| slot.bytes))
     }
 
     async fn insert(
@@ -135,11 +101,7 @@ impl CacheTier for MemoryCache {
         Ok(matches!(
             self.compute(key, |slot| match slot {
                 Some(_) => Op::Nop,
-                None => Op::Put(Slot {
-                    bytes,
-                    ttl,
-                    keep_ttl: false,
-                }),
+                None => Op::Put(Slot { bytes, ttl }),
             }),
             CompResult::Inserted(_)
         ))
@@ -160,11 +122,7 @@ impl CacheTier for MemoryCache {
                     &bytes,
                     require_present,
                 ) {
-                    Op::Put(Slot {
-                        bytes,
-                        ttl,
-                        keep_ttl: false,
-                    })
+                    Op::Put(Slot { bytes, ttl })
                 } else {
                     Op::Nop
                 }
@@ -184,7 +142,6 @@ impl CacheTier for MemoryCache {
             Slot {
                 bytes: Bytes::copy_from_slice(entry),
                 ttl,
-                keep_ttl: false,
             },
         );
         Ok(())
@@ -205,24 +162,28 @@ impl CacheTier for MemoryCache {
         Ok(())
     }
 
-    async fn note_durable_expiry(
+    async fn slide(
         &self,
         key: &StorageKey,
         version: u64,
-        durable_expires_at: OffsetDateTime,
+        ttl: Duration,
+        durable_expires_at: Option<OffsetDateTime>,
+        cache_expires_at: OffsetDateTime,
     ) -> Result<bool, TierError> {
         let prefix = envelope::record_prefix(key, version);
-        let patch = envelope::durable_expiry_bytes(durable_expires_at);
+        let patch = envelope::expiry_bytes(durable_expires_at, cache_expires_at);
         Ok(matches!(
             self.compute(key, |slot| match slot {
-                Some(slot) if slot.bytes.starts_with(&prefix) => {
+                Some(slot)
+                    if slot.bytes.starts_with(&prefix)
+                        && slot.bytes.len() >= envelope::HEADER_LEN =>
+                {
                     let mut bytes = slot.bytes.to_vec();
-                    bytes[envelope::DURABLE_EXPIRY_OFFSET..envelope::DURABLE_EXPIRY_OFFSET + 8]
+                    bytes[envelope::DURABLE_EXPIRY_OFFSET..envelope::HEADER_LEN]
                         .copy_from_slice(&patch);
                     Op::Put(Slot {
                         bytes: bytes.into(),
-                        ttl: slot.ttl,
-                        keep_ttl: true,
+                        ttl,
                     })
                 }
                 _ => Op::Nop,

@@ -3,8 +3,12 @@
 use std::{
     collections::HashSet,
     fmt,
+    future::Future,
     hash::{BuildHasher, RandomState},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, PoisonError, Weak,
+    },
     time::{Duration, Instant},
 };
 
@@ -16,6 +20,7 @@ use tower_sessions_core::{
 };
 
 use crate::{
+    breaker::{Breaker, PROBE_INTERVAL},
     envelope::{self, DecodeError, Entry, SessionEnvelope},
     metrics as names, CacheTier, Clock, ConfigError, DurableTier, Error, StorageKey, StoredSession,
     SystemClock, TierError, TierErrorKind,
@@ -62,14 +67,34 @@ const MAX_TOUCHES_IN_FLIGHT: usize = 256;
 ///
 /// | operation | cache tier | durable tier |
 /// |---|---|---|
-/// | `load`, hit | one `GETEX … PX idle` | nothing, or one touch per `touch_interval` (in the background) |
-/// | `load`, miss | `GETEX`, then a refill that never overwrites a newer entry | one `SELECT` |
+/// | `load`, hit | one `GET`; one slide (`EVAL`) per `touch_interval` per session, in the background | nothing, or one touch per `touch_interval` (in the background) |
+/// | `load`, miss | `GET`, then a background refill that never overwrites a newer entry | one `SELECT` |
 /// | `save`, data unchanged | nothing | nothing |
 /// | `save`, data changed | conditional `SET PX` after the durable write | one `UPDATE` (never re-creates a deleted session) |
 /// | `create` | `SET NX PX` | `INSERT … ON CONFLICT DO NOTHING`, retried with a new id on conflict |
 /// | `delete` | a tombstone that stops stale refills | `DELETE` |
 ///
 /// Without a durable tier, losing the cache loses the sessions in it.
+///
+/// # When the cache fails
+///
+/// Every cache call has a deadline (the tier's; 250 ms for Redis). After three failed
+/// calls in a row, or as soon as the cache reports a lost connection, a circuit opens:
+/// reads and writes go to the durable tier alone, with no wait on the cache, and a probe
+/// pings the cache every 200 ms until it answers (see [`TieredStore::cache_bypassed`]).
+/// Without a durable tier, requests fail at once while it is open.
+///
+/// A change the cache did not take (a failed or skipped write or tombstone) is
+/// acknowledged only after the **cache epoch**, a counter in the durable tier, was bumped.
+/// Every cached record carries the epoch it was written under, and a record older than the
+/// epoch an instance knows is a miss. The instance that made the change knows the new
+/// epoch at once; every other instance reads it every
+/// [`epoch_poll_interval`](TieredStoreBuilder::with_epoch_poll_interval) (1 s). So a
+/// change or logout made while the cache failed is never undone by the cache: on this
+/// instance at once, on the others within the poll interval. The epoch is also bumped, once,
+/// when the cache server is found replaced (its identity, Redis's `run_id`, changed: a
+/// restart, perhaps from an older snapshot, or a failover), before any instance serves
+/// from it again. A bump costs one durable read per active session, as a `FLUSHALL` would.
 ///
 /// Build it with [`TieredStore::builder`]. Cloning is cheap and shares the store.
 #[derive(Clone)]
@@ -87,8 +112,20 @@ struct Inner {
     sweep_batch_size: u32,
     clock: Arc<dyn Clock>,
     owner_pointer: Option<OwnerPointer>,
+    durable_timeout: Duration,
+    epoch_poll_interval: Duration,
     digests: RandomState,
     touches_in_flight: Mutex<HashSet<StorageKey>>,
+    breaker: Breaker,
+    /// The highest cache epoch this instance knows of; cached records of older epochs are
+    /// misses.
+    epoch: AtomicU64,
+    /// A bump that failed after a change missed the cache; the probe makes it up before the
+    /// circuit closes.
+    bump_owed: AtomicBool,
+    /// Set once the epoch was first read from the durable tier (or the attempt failed) and
+    /// the epoch poller runs.
+    epoch_ready: tokio::sync::OnceCell<()>,
 }
 
 impl fmt::Debug for TieredStore {
@@ -118,6 +155,8 @@ pub struct TieredStoreBuilder {
     sweep_batch_size: u32,
     clock: Arc<dyn Clock>,
     owner_pointer: Option<String>,
+    durable_timeout: Duration,
+    epoch_poll_interval: Duration,
 }
 
 impl TieredStore {
@@ -133,6 +172,8 @@ impl TieredStore {
             sweep_batch_size: TieredStoreBuilder::DEFAULT_SWEEP_BATCH_SIZE,
             clock: Arc::new(SystemClock),
             owner_pointer: None,
+            durable_timeout: TieredStoreBuilder::DEFAULT_DURABLE_TIMEOUT,
+            epoch_poll_interval: TieredStoreBuilder::DEFAULT_EPOCH_POLL_INTERVAL,
         }
     }
 
@@ -151,6 +192,13 @@ impl TieredStore {
         self.inner.absolute_lifetime
     }
 
+    /// Whether the cache is bypassed right now: its circuit opened after repeated failures
+    /// or a lost connection, so requests go to the durable tier alone (or, without one,
+    /// fail at once) until a probe, every 200 ms, finds the cache answering again.
+    pub fn cache_bypassed(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
     /// Whether a durable tier is configured.
     pub fn is_durable(&self) -> bool {
         self.inner.durable.is_some()
@@ -167,10 +215,9 @@ impl TieredStore {
         let mut total = 0;
         loop {
             let now = self.inner.clock.now();
-            let deleted = durable
-                .delete_expired(now, batch)
-                .await
-                .map_err(|e| durable_error(e, "sweep"))?;
+            let deleted = self
+                .durable_op("sweep", durable.delete_expired(now, batch))
+                .await?;
             total += deleted;
             if deleted < u64::from(batch) {
                 return Ok(total);
@@ -190,6 +237,12 @@ impl TieredStoreBuilder {
     /// Default number of rows the sweeper deletes per statement: small enough to keep each
     /// statement's locks and WAL short.
     pub const DEFAULT_SWEEP_BATCH_SIZE: u32 = 1000;
+    /// Default deadline of every durable tier call: 2 s. A write that takes longer fails
+    /// with a timeout error and is not acknowledged.
+    pub const DEFAULT_DURABLE_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Default interval at which each instance reads the cache epoch: 1 s, the bound on how
+    /// long another instance may serve a cached copy that a failed cache write left behind.
+    pub const DEFAULT_EPOCH_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
     /// Adds a durable tier: the source of truth, written through on every change.
     pub fn with_durable(mut self, durable: impl DurableTier) -> Self {
@@ -248,6 +301,24 @@ impl TieredStoreBuilder {
         self
     }
 
+    /// Sets the deadline of every durable tier call (default
+    /// [`Self::DEFAULT_DURABLE_TIMEOUT`]). A call past it fails with a timeout error; a
+    /// write that times out is not acknowledged (it may still have been applied, once).
+    pub fn with_durable_timeout(mut self, timeout: Duration) -> Self {
+        self.durable_timeout = timeout;
+        self
+    }
+
+    /// Sets how often each instance reads the cache epoch from the durable tier (default
+    /// [`Self::DEFAULT_EPOCH_POLL_INTERVAL`]). When an instance cannot write a change to the
+    /// cache, it bumps the epoch; other instances stop serving cached copies written
+    /// before the bump within this interval. Shorter means a tighter bound and one more
+    /// tiny query per interval per instance.
+    pub fn with_epoch_poll_interval(mut self, interval: Duration) -> Self {
+        self.epoch_poll_interval = interval;
+        self
+    }
+
     /// Replaces the clock the expiry logic reads (default: the system clock). For tests.
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
@@ -286,6 +357,12 @@ impl TieredStoreBuilder {
         if self.max_session_bytes == 0 {
             return Err(ConfigError::Zero("max_session_bytes"));
         }
+        if self.durable_timeout.is_zero() {
+            return Err(ConfigError::Zero("durable_timeout"));
+        }
+        if self.epoch_poll_interval.is_zero() {
+            return Err(ConfigError::Zero("epoch_poll_interval"));
+        }
         let owner_pointer = self
             .owner_pointer
             .map(|p| OwnerPointer::parse(&p).ok_or(ConfigError::OwnerPointer(p)))
@@ -301,8 +378,14 @@ impl TieredStoreBuilder {
                 sweep_batch_size: self.sweep_batch_size,
                 clock: self.clock,
                 owner_pointer,
+                durable_timeout: self.durable_timeout,
+                epoch_poll_interval: self.epoch_poll_interval,
                 digests: RandomState::new(),
                 touches_in_flight: Mutex::new(HashSet::new()),
+                breaker: Breaker::default(),
+                epoch: AtomicU64::new(0),
+                bump_owed: AtomicBool::new(false),
+                epoch_ready: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -375,6 +458,11 @@ pub enum TierHealth {
         /// How long the probe took.
         latency_ms: f64,
     },
+    /// It answers, but the store is not using it fully yet (the cache's circuit is open).
+    Degraded {
+        /// Why.
+        reason: String,
+    },
     /// It did not answer in time, or answered with an error.
     Down {
         /// Why.
@@ -404,6 +492,15 @@ impl Health {
     /// writes fail); without one, when the cache answers.
     pub fn serving(&self) -> bool {
         self.cache.is_ok() || self.durable.as_ref().is_some_and(TierHealth::is_ok)
+    }
+
+    /// Whether changes can be saved: with a durable tier, when it answers (the cache may be
+    /// down: changes go to the database alone); without one, when the cache answers.
+    pub fn writable(&self) -> bool {
+        match &self.durable {
+            Some(durable) => durable.is_ok(),
+            None => self.cache.is_ok(),
+        }
     }
 
     /// Whether some configured tier is down while sessions are still served.
@@ -493,10 +590,11 @@ impl Inner {
         self.absolute_lifetime.map(|a| plus(created_at, a))
     }
 
-    /// The cache time to live of a session written now: its idle timeout, cut short by the
+    /// The cache time to live of a session written or slid now: its idle timeout plus the
+    /// touch interval of slack (reads slide it at most once per interval), cut short by the
     /// absolute lifetime.
     fn cache_ttl(&self, env: &SessionEnvelope, now: OffsetDateTime) -> Duration {
-        let mut ttl = env.idle_timeout;
+        let mut ttl = env.idle_timeout.saturating_add(self.touch_interval);
         if let Some(deadline) = self.deadline(env.created_at) {
             let left = Duration::try_from(deadline - now).unwrap_or(Duration::ZERO);
             ttl = ttl.min(left);
@@ -588,7 +686,9 @@ fn plus(t: OffsetDateTime, d: Duration) -> OffsetDateTime {
 fn cache_error(err: &TierError, op: &'static str) {
     metrics::counter!(names::ERRORS_TOTAL, "tier" => "cache", "kind" => err.kind().to_string())
         .increment(1);
-    tracing::warn!(error = %err, op, "session cache operation failed");
+    // Debug, not warn: during an outage this would be one line per request. The circuit
+    // breaker logs its state changes.
+    tracing::debug!(error = %err, op, "session cache operation failed");
 }
 
 fn durable_error(err: TierError, op: &'static str) -> Error {
@@ -602,89 +702,348 @@ fn miss(reason: &'static str) {
     metrics::counter!(names::CACHE_MISSES_TOTAL, "reason" => reason).increment(1);
 }
 
+/// Whether a cache failure says something about the cache as a whole (and counts towards
+/// opening the circuit), rather than about one entry or one command.
+fn is_outage(err: &TierError) -> bool {
+    matches!(
+        err.kind(),
+        TierErrorKind::Unavailable | TierErrorKind::Timeout | TierErrorKind::Other
+    )
+}
+
+fn circuit_open_error() -> TierError {
+    TierError::new(
+        "cache",
+        TierErrorKind::Unavailable,
+        "the cache is not answering (circuit open); retrying in the background",
+    )
+}
+
+/// Runs `task` on the current tokio runtime; without one (a store used outside tokio), the
+/// background work is skipped.
+fn spawn(task: impl Future<Output = ()> + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(task);
+        }
+        Err(_) => tracing::debug!("no tokio runtime; background session work skipped"),
+    }
+}
+
+/// Reads the cache epoch from the durable tier every `interval` while the store lives.
+async fn poll_epoch(store: Weak<Inner>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        let Some(durable) = &inner.durable else {
+            return;
+        };
+        match tokio::time::timeout(inner.durable_timeout, durable.epoch()).await {
+            Ok(Ok(epoch)) => {
+                inner.epoch.fetch_max(epoch, Ordering::AcqRel);
+            }
+            Ok(Err(err)) => tracing::debug!(error = %err, "cache epoch poll failed"),
+            Err(_) => tracing::debug!("cache epoch poll timed out"),
+        }
+    }
+}
+
+/// Pings the cache every [`PROBE_INTERVAL`] until it answers, then closes the circuit.
+async fn probe_until_closed(store: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        if (TieredStore { inner }).try_close().await {
+            return;
+        }
+    }
+}
+
 impl TieredStore {
+    /// Reads the cache epoch once before the first request (bumping it if the cache server
+    /// is not the one the durable tier last saw) and starts the poller that keeps it
+    /// current. Later calls return at once.
+    async fn ensure_epoch(&self) {
+        let inner = &*self.inner;
+        if inner.durable.is_none() {
+            return;
+        }
+        inner
+            .epoch_ready
+            .get_or_init(|| async {
+                if self.sync_epoch().await.is_err() {
+                    // Until the poller reads it, the highest epoch seen in cache entries is
+                    // the floor.
+                    tracing::warn!("cache epoch unknown at startup; polling for it");
+                }
+                spawn(poll_epoch(
+                    Arc::downgrade(&self.inner),
+                    inner.epoch_poll_interval,
+                ));
+            })
+            .await;
+    }
+
+    fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Acquire)
+    }
+
+    /// Reads the epoch, first telling the durable tier which cache server answers: if it
+    /// is not the one recorded (a restart, perhaps from an older snapshot, or a failover),
+    /// the epoch is bumped, so nothing cached before counts.
+    async fn sync_epoch(&self) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let Some(durable) = &inner.durable else {
+            return Ok(());
+        };
+        let identity = if self.cache_allowed() {
+            let identity = inner.cache.identity().await;
+            self.cache_outcome(&identity, "identity");
+            identity.ok().flatten()
+        } else {
+            None
+        };
+        let before = self.epoch();
+        let epoch = match &identity {
+            Some(identity) => {
+                self.durable_op("observe_cache", durable.observe_cache(identity))
+                    .await?
+            }
+            None => self.durable_op("epoch", durable.epoch()).await?,
+        };
+        inner.epoch.fetch_max(epoch, Ordering::AcqRel);
+        if before != 0 && epoch > before {
+            tracing::info!(
+                epoch,
+                "cache epoch moved on; entries cached before are not served"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether to call the cache now. A closed circuit says yes, unless the cache lost a
+    /// connection since it closed: then it opens (the server may have restarted from an
+    /// older snapshot, or failed over to a replica that missed writes).
+    fn cache_allowed(&self) -> bool {
+        let inner = &*self.inner;
+        if inner.breaker.allows(inner.cache.disconnects()) {
+            return true;
+        }
+        if inner.breaker.trip() {
+            self.circuit_opened("the cache connection was lost");
+        }
+        false
+    }
+
+    /// Accounts for the result of a cache call.
+    fn cache_outcome<T>(&self, result: &Result<T, TierError>, op: &'static str) {
+        match result {
+            Ok(_) => self.inner.breaker.success(),
+            Err(err) => {
+                cache_error(err, op);
+                if is_outage(err) && self.inner.breaker.failure() {
+                    self.circuit_opened("cache calls failed");
+                }
+            }
+        }
+    }
+
+    fn circuit_opened(&self, reason: &'static str) {
+        metrics::gauge!(names::CACHE_CIRCUIT_OPEN).set(1.0);
+        metrics::counter!(names::CACHE_CIRCUIT_CHANGES_TOTAL, "to" => "open").increment(1);
+        let then = if self.inner.durable.is_some() {
+            "sessions are served from the durable tier"
+        } else {
+            "session requests fail at once"
+        };
+        tracing::warn!(
+            reason,
+            "session cache circuit opened: {then} until the cache answers"
+        );
+        spawn(probe_until_closed(Arc::downgrade(&self.inner)));
+    }
+
+    /// Closes the circuit if the cache answers and, with a durable tier, the epoch is in
+    /// order: bumped if the cache server was replaced meanwhile (a restart, perhaps from an
+    /// older snapshot, or a failover) or if a bump after a missed change is still owed.
+    /// Changes made while the circuit was open bumped it already.
+    async fn try_close(&self) -> bool {
+        let inner = &*self.inner;
+        let disconnects = inner.cache.disconnects();
+        if !probe(inner.cache.ping()).await.is_ok() {
+            return false;
+        }
+        if let Some(durable) = &inner.durable {
+            if inner.bump_owed.load(Ordering::Acquire) {
+                if self.bump_epoch("owed").await.is_err() {
+                    return false;
+                }
+                inner.bump_owed.store(false, Ordering::Release);
+            }
+            let identity = match tokio::time::timeout(PING_TIMEOUT, inner.cache.identity()).await {
+                Ok(Ok(identity)) => identity,
+                _ => return false,
+            };
+            let observed = match &identity {
+                Some(identity) => {
+                    self.durable_op("observe_cache", durable.observe_cache(identity))
+                        .await
+                }
+                None => self.durable_op("epoch", durable.epoch()).await,
+            };
+            match observed {
+                Ok(epoch) => {
+                    inner.epoch.fetch_max(epoch, Ordering::AcqRel);
+                }
+                Err(_) => return false,
+            }
+        }
+        inner.breaker.close(disconnects);
+        metrics::gauge!(names::CACHE_CIRCUIT_OPEN).set(0.0);
+        metrics::counter!(names::CACHE_CIRCUIT_CHANGES_TOTAL, "to" => "closed").increment(1);
+        tracing::info!("session cache answers again; circuit closed");
+        true
+    }
+
+    async fn bump_epoch(&self, reason: &'static str) -> Result<(), Error> {
+        let Some(durable) = &self.inner.durable else {
+            return Ok(());
+        };
+        let epoch = self.durable_op("bump_epoch", durable.bump_epoch()).await?;
+        self.inner.epoch.fetch_max(epoch, Ordering::AcqRel);
+        metrics::counter!(names::EPOCH_BUMPS_TOTAL, "reason" => reason).increment(1);
+        tracing::debug!(epoch, reason, "cache epoch bumped");
+        Ok(())
+    }
+
+    /// A change the durable tier accepted did not reach the cache: bump the epoch so that
+    /// no instance serves the cached copy from before it. If even that fails, the change is
+    /// not acknowledged, and this instance stops using the cache until a bump succeeds.
+    async fn invalidate_cache(&self, reason: &'static str) -> Result<(), Error> {
+        let bumped = self.bump_epoch(reason).await;
+        if bumped.is_err() {
+            self.inner.bump_owed.store(true, Ordering::Release);
+            if self.inner.breaker.trip() {
+                self.circuit_opened("a change could not be recorded in the cache epoch");
+            }
+        }
+        bumped
+    }
+
+    /// A durable tier call under the durable deadline.
+    async fn durable_op<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, TierError>>,
+    ) -> Result<T, Error> {
+        let limit = self.inner.durable_timeout;
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => result.map_err(|e| durable_error(e, op)),
+            Err(_) => Err(durable_error(
+                TierError::new(
+                    "durable",
+                    TierErrorKind::Timeout,
+                    format!("no answer within {limit:?}; check that the database is reachable"),
+                ),
+                op,
+            )),
+        }
+    }
+
     async fn load_inner(&self, id: &Id) -> Result<Option<Record>, Error> {
         let inner = &*self.inner;
         let key = StorageKey::from_id(id);
+        self.ensure_epoch().await;
         let now = inner.clock.now();
 
-        let mut cache_reachable = true;
-        match inner.cache.get_and_slide(&key, inner.idle_timeout).await {
-            Ok(Some(bytes)) => match envelope::decode(&bytes, &key) {
-                Ok(Entry::Record(env)) => match inner.to_record(id, &env, now) {
-                    Ok(record) => {
-                        metrics::counter!(names::CACHE_HITS_TOTAL).increment(1);
-                        if env.idle_timeout != inner.idle_timeout {
-                            // GETEX slid it by the default; this session has its own.
-                            if let Err(e) =
-                                inner.cache.set_ttl(&key, inner.cache_ttl(&env, now)).await
-                            {
-                                cache_error(&e, "set_ttl");
+        let mut refill = self.cache_allowed();
+        if refill {
+            let got = inner.cache.get(&key).await;
+            if !matches!(&got, Err(e) if e.kind() == TierErrorKind::WrongType) {
+                self.cache_outcome(&got, "get");
+            }
+            match got {
+                Ok(Some(bytes)) => match envelope::decode(&bytes, &key) {
+                    Ok(Entry::Record(env)) => {
+                        let known = inner.epoch.fetch_max(env.epoch, Ordering::AcqRel);
+                        if env.epoch < known {
+                            miss("stale_epoch");
+                        } else {
+                            match inner.to_record(id, &env, now) {
+                                Ok(record) => {
+                                    metrics::counter!(names::CACHE_HITS_TOTAL).increment(1);
+                                    self.maintain(&env, now, true);
+                                    return Ok(Some(record));
+                                }
+                                Err(Unusable::Expired) => return Ok(None),
+                                Err(Unusable::Corrupt) => miss("corrupt"),
                             }
                         }
-                        self.touch_if_due(&env, now);
-                        return Ok(Some(record));
                     }
-                    Err(Unusable::Expired) => return Ok(None),
-                    Err(Unusable::Corrupt) => miss("corrupt"),
+                    // A deleted session: never read it back from anywhere.
+                    Ok(Entry::Tombstone) => return Ok(None),
+                    Err(DecodeError::Foreign) => miss("foreign"),
+                    Err(DecodeError::WrongKey) => {
+                        tracing::warn!(key = ?key, "cache entry belongs to another session; ignored");
+                        miss("wrong_key")
+                    }
+                    Err(DecodeError::UnknownFormat(_) | DecodeError::UnknownKind(_)) => {
+                        miss("unknown_format")
+                    }
+                    Err(DecodeError::Corrupt) => miss("corrupt"),
                 },
-                // A deleted session: never read it back from anywhere. GETEX just set the
-                // tombstone's TTL to the idle timeout, which may be shorter than the refill
-                // window it must outlive: put it back.
-                Ok(Entry::Tombstone) => {
-                    if let Err(e) = inner.cache.set_ttl(&key, TOMBSTONE_TTL).await {
-                        cache_error(&e, "set_ttl");
+                Ok(None) => miss("absent"),
+                // Something else lives under the key: a miss; the refill replaces it.
+                Err(err) if err.kind() == TierErrorKind::WrongType => {
+                    tracing::warn!(key = ?key, "cache key holds a value of another type; ignored");
+                    miss("wrong_type");
+                }
+                Err(err) => {
+                    miss("unavailable");
+                    if inner.durable.is_none() {
+                        return Err(Error::Cache(err));
                     }
-                    return Ok(None);
+                    refill = false;
                 }
-                Err(DecodeError::Foreign) => miss("foreign"),
-                Err(DecodeError::WrongKey) => {
-                    tracing::warn!(key = ?key, "cache entry belongs to another session; ignored");
-                    miss("wrong_key")
-                }
-                Err(DecodeError::UnknownFormat(_) | DecodeError::UnknownKind(_)) => {
-                    miss("unknown_format")
-                }
-                Err(DecodeError::Corrupt) => miss("corrupt"),
-            },
-            Ok(None) => miss("absent"),
-            // Something else lives under the key: a miss; the refill replaces it.
-            Err(err) if err.kind() == TierErrorKind::WrongType => {
-                tracing::warn!(key = ?key, "cache key holds a value of another type; ignored");
-                miss("wrong_type");
             }
-            Err(err) => {
-                cache_error(&err, "get");
-                miss("unavailable");
-                if inner.durable.is_none() {
-                    return Err(Error::Cache(err));
-                }
-                cache_reachable = false;
+        } else {
+            if inner.durable.is_none() {
+                return Err(Error::Cache(circuit_open_error()));
             }
+            metrics::counter!(names::CACHE_BYPASSES_TOTAL).increment(1);
         }
 
         let Some(durable) = &inner.durable else {
             return Ok(None);
         };
-        let started = Instant::now();
-        let row = durable
-            .load(&key, now)
-            .await
-            .map_err(|e| durable_error(e, "load"))?;
+        // The epoch before the read: if a change that misses the cache lands after it, the
+        // bump that follows that change makes this refill a miss.
+        let epoch = self.epoch();
+        let row = self.durable_op("load", durable.load(&key, now)).await?;
         metrics::counter!(names::DURABLE_READS_TOTAL).increment(1);
         let Some(row) = row else {
             return Ok(None);
         };
-        let env = SessionEnvelope {
+        let mut env = SessionEnvelope {
             key,
             version: row.version,
             created_at: row.created_at,
             idle_timeout: row
                 .idle_timeout
                 .clamp(Duration::from_millis(1), envelope::MAX_LIFETIME),
+            epoch,
             durable_expires_at: Some(row.expires_at),
+            cache_expires_at: now,
             data: row.data,
         };
+        env.cache_expires_at = plus(now, inner.cache_ttl(&env, now));
         let record = match inner.to_record(id, &env, now) {
             Ok(record) => record,
             Err(Unusable::Expired) => return Ok(None),
@@ -693,33 +1052,49 @@ impl TieredStore {
                 return Ok(None);
             }
         };
-        if cache_reachable && started.elapsed() < REFILL_WINDOW {
-            // Conditional: a change or delete that landed since our SELECT wins.
-            match inner
-                .cache
-                .put(&key, &env.encode(), inner.cache_ttl(&env, now), false)
-                .await
-            {
-                Ok(true) => metrics::counter!(names::CACHE_REFILLS_TOTAL).increment(1),
-                Ok(false) => {}
-                Err(e) => cache_error(&e, "refill"),
-            }
+        if refill {
+            self.refill(&env, now);
         }
-        self.touch_if_due(&env, now);
+        self.maintain(&env, now, false);
         Ok(Some(record))
     }
 
-    /// Refreshes the durable expiry in the background when it no longer covers a full idle
-    /// timeout from now, i.e. at most once per touch interval per session.
-    fn touch_if_due(&self, env: &SessionEnvelope, now: OffsetDateTime) {
-        let inner = &self.inner;
-        let Some(durable) = inner.durable.clone() else {
-            return;
-        };
-        let due = env
-            .durable_expires_at
-            .is_none_or(|at| at - now < env.idle_timeout);
-        if !due {
+    /// Writes a session read from the durable tier back to the cache, in the background so
+    /// the read does not wait for it. Conditional: a change or delete that landed since the
+    /// read wins, and a refill that takes longer than [`REFILL_WINDOW`] is dropped.
+    fn refill(&self, env: &SessionEnvelope, now: OffsetDateTime) {
+        let store = self.clone();
+        let (key, entry, ttl) = (env.key, env.encode(), self.inner.cache_ttl(env, now));
+        let started = Instant::now();
+        spawn(async move {
+            let put = store.inner.cache.put(&key, &entry, ttl, false);
+            let Ok(written) =
+                tokio::time::timeout(REFILL_WINDOW.saturating_sub(started.elapsed()), put).await
+            else {
+                return;
+            };
+            store.cache_outcome(&written, "refill");
+            if let Ok(true) = written {
+                metrics::counter!(names::CACHE_REFILLS_TOTAL).increment(1);
+            }
+        });
+    }
+
+    /// Slides a served session's expiry where due, in the background: the durable expiry
+    /// and the cache's time to live are each moved at most once per touch interval per
+    /// session, and only while they no longer cover a full idle timeout from now.
+    fn maintain(&self, env: &SessionEnvelope, now: OffsetDateTime, cached: bool) {
+        let inner = &*self.inner;
+        let slack = inner.touch_interval;
+        let durable_expires_at = inner.durable_expiry(env.created_at, env.idle_timeout, now);
+        let touch_due = inner.durable.is_some()
+            && env
+                .durable_expires_at
+                .is_none_or(|at| plus(at, slack) <= durable_expires_at);
+        let ttl = inner.cache_ttl(env, now);
+        let cache_expires_at = plus(now, ttl);
+        let slide_due = cached && plus(env.cache_expires_at, slack) <= cache_expires_at;
+        if !touch_due && !slide_due {
             return;
         }
         {
@@ -738,60 +1113,71 @@ impl TieredStore {
             store: self.clone(),
             key,
         };
-        let expires_at = inner.durable_expiry(env.created_at, env.idle_timeout, now);
-        let touch = async move {
-            let inner = &slot.store.inner;
-            let touched = tokio::time::timeout(TOUCH_TIMEOUT, durable.touch(&key, expires_at, now));
-            match touched.await {
-                Ok(Ok(Some(current))) if current == version => {
-                    metrics::counter!(names::DURABLE_TOUCHES_TOTAL).increment(1);
-                    // Record it in the cache entry, so the next reads see it is not due.
-                    if let Err(e) = inner
-                        .cache
-                        .note_durable_expiry(&key, version, expires_at)
-                        .await
-                    {
-                        cache_error(&e, "note_touch");
+        let mut kept_durable_expiry = env.durable_expires_at;
+        spawn(async move {
+            let store = &slot.store;
+            let inner = &*store.inner;
+            if touch_due {
+                let Some(durable) = &inner.durable else {
+                    return;
+                };
+                let touched = tokio::time::timeout(
+                    TOUCH_TIMEOUT,
+                    durable.touch(&key, durable_expires_at, now),
+                );
+                match touched.await {
+                    Ok(Ok(Some(current))) if current == version => {
+                        metrics::counter!(names::DURABLE_TOUCHES_TOTAL).increment(1);
+                        kept_durable_expiry = Some(durable_expires_at);
+                    }
+                    // The cache served a version the durable tier has moved past (a cache
+                    // write that failed): drop it, the next read refills the current one.
+                    Ok(Ok(Some(current))) => {
+                        metrics::counter!(names::DURABLE_TOUCHES_TOTAL).increment(1);
+                        tracing::warn!(key = ?key, cached = version, current, "cache held a stale version; dropped");
+                        let removed = inner.cache.remove(&key).await;
+                        store.cache_outcome(&removed, "remove");
+                        return;
+                    }
+                    // The session is gone from the source of truth (a delete whose cache
+                    // write failed): the cache must stop serving it.
+                    Ok(Ok(None)) => {
+                        if cached {
+                            tracing::warn!(key = ?key, "cache served a session the durable tier no longer has; revoked");
+                            // Logged by `tombstone`; the next touch tries again.
+                            let _ = store.tombstone(&key).await;
+                        }
+                        return;
+                    }
+                    // Leave the cache's expiry alone too, so that the tiers agree on when
+                    // the session ends.
+                    Ok(Err(e)) => {
+                        durable_error(e, "touch");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(key = ?key, timeout = ?TOUCH_TIMEOUT, "durable touch timed out");
+                        return;
                     }
                 }
-                // The cache served a version the durable tier has moved past (a cache
-                // write that failed): drop it, the next read refills the current one.
-                Ok(Ok(Some(current))) => {
-                    metrics::counter!(names::DURABLE_TOUCHES_TOTAL).increment(1);
-                    tracing::warn!(key = ?key, cached = version, current, "cache held a stale version; dropped");
-                    if let Err(e) = inner.cache.remove(&key).await {
-                        cache_error(&e, "remove");
-                    }
-                }
-                // The session is gone from the source of truth (a delete whose cache write
-                // failed): the cache must stop serving it.
-                Ok(Ok(None)) => {
-                    tracing::warn!(key = ?key, "cache served a session the durable tier no longer has; revoked");
-                    // Logged by `tombstone`; the next touch tries again.
-                    let _ = slot.store.tombstone(&key).await;
-                }
-                Ok(Err(e)) => {
-                    durable_error(e, "touch");
-                }
-                Err(_) => {
-                    tracing::warn!(key = ?key, timeout = ?TOUCH_TIMEOUT, "durable touch timed out")
+            }
+            if cached && store.cache_allowed() {
+                let slid = inner
+                    .cache
+                    .slide(&key, version, ttl, kept_durable_expiry, cache_expires_at)
+                    .await;
+                store.cache_outcome(&slid, "slide");
+                if let Ok(true) = slid {
+                    metrics::counter!(names::CACHE_SLIDES_TOTAL).increment(1);
                 }
             }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(touch);
-            }
-            Err(_) => {
-                tracing::debug!("no tokio runtime; durable touch skipped");
-                drop(touch);
-            }
-        }
+        });
     }
 
     async fn save_inner(&self, record: &Record) -> Result<(), Error> {
         let inner = &*self.inner;
         let key = StorageKey::from_id(&record.id);
+        self.ensure_epoch().await;
         let now = inner.clock.now();
         let Some(idle) = inner.idle_of(record, now) else {
             // Its own expiry date has passed: it is over.
@@ -802,8 +1188,8 @@ impl TieredStore {
         if let Some(rev) = revision {
             let same_idle = Duration::from_millis(rev.idle_ms).abs_diff(idle) <= IDLE_SNAP;
             if same_idle && rev.digest == inner.digest(&key, &data) {
-                // A read-only request: `load` already slid the cache expiry and scheduled
-                // any due durable touch. Writing back could undo a concurrent change.
+                // A read-only request: `load` already slid the expiries where due.
+                // Writing back could undo a concurrent change.
                 return Ok(());
             }
         }
@@ -817,27 +1203,36 @@ impl TieredStore {
                 // Durable first: it is the source of truth, and an UPDATE never re-creates
                 // a session that a concurrent logout deleted.
                 let owner = inner.owner_of(&record.data);
-                let updated = durable
-                    .update(&key, &data, idle, expires_at, owner.as_deref(), now)
-                    .await
-                    .map_err(|e| durable_error(e, "update"))?;
+                let epoch = self.epoch();
+                let updated = self
+                    .durable_op(
+                        "update",
+                        durable.update(&key, &data, idle, expires_at, owner.as_deref(), now),
+                    )
+                    .await?;
                 metrics::counter!(names::DURABLE_WRITES_TOTAL, "op" => "update").increment(1);
                 let Some(updated) = updated else {
                     metrics::counter!(names::SAVES_DISCARDED_TOTAL).increment(1);
                     tracing::debug!(key = ?key, "save found the session gone; nothing written");
                     return Ok(());
                 };
-                let env = SessionEnvelope {
+                let mut env = SessionEnvelope {
                     key,
                     version: updated.version,
                     created_at: updated.created_at,
                     idle_timeout: idle,
+                    epoch,
                     durable_expires_at: Some(expires_at),
+                    cache_expires_at: now,
                     data,
                 };
+                env.cache_expires_at = plus(now, inner.cache_ttl(&env, now));
                 self.write_cache_after_durable(&env, now).await
             }
             None => {
+                if !self.cache_allowed() {
+                    return Err(Error::Cache(circuit_open_error()));
+                }
                 let (version, created_at) = match revision {
                     Some(rev) => (
                         rev.version.saturating_add(1),
@@ -852,26 +1247,26 @@ impl TieredStore {
                         }
                     },
                 };
-                let env = SessionEnvelope {
+                let mut env = SessionEnvelope {
                     key,
                     version,
                     created_at,
                     idle_timeout: idle,
+                    epoch: 0,
                     durable_expires_at: None,
+                    cache_expires_at: now,
                     data,
                 };
+                env.cache_expires_at = plus(now, inner.cache_ttl(&env, now));
                 self.index(&key, &record.data).await?;
                 // `require_present`: without a durable tier the cache is the truth, and a
                 // save must not re-create a session that expired or was deleted meanwhile.
                 let written = inner
                     .cache
                     .put(&key, &env.encode(), inner.cache_ttl(&env, now), true)
-                    .await
-                    .map_err(|e| {
-                        cache_error(&e, "put");
-                        Error::Cache(e)
-                    })?;
-                if !written {
+                    .await;
+                self.cache_outcome(&written, "put");
+                if !written.map_err(Error::Cache)? {
                     metrics::counter!(names::SAVES_DISCARDED_TOTAL).increment(1);
                 }
                 Ok(())
@@ -880,46 +1275,45 @@ impl TieredStore {
     }
 
     async fn current_envelope(&self, key: &StorageKey) -> Result<Option<SessionEnvelope>, Error> {
-        let inner = &*self.inner;
-        let bytes = inner
-            .cache
-            .get_and_slide(key, inner.idle_timeout)
-            .await
-            .map_err(Error::Cache)?;
-        Ok(match bytes.map(|b| envelope::decode(&b, key)) {
-            Some(Ok(Entry::Record(env))) => Some(env),
-            _ => None,
-        })
+        let got = self.inner.cache.get(key).await;
+        self.cache_outcome(&got, "get");
+        Ok(
+            match got
+                .map_err(Error::Cache)?
+                .map(|b| envelope::decode(&b, key))
+            {
+                Some(Ok(Entry::Record(env))) => Some(env),
+                _ => None,
+            },
+        )
     }
 
-    /// Writes a change that the durable tier has accepted to the cache. If the cache write
-    /// fails, the entry it holds may be an older version: remove it so reads go to the
-    /// durable tier, and if even that fails, report the error rather than acknowledge a
-    /// change that later reads would not see.
+    /// Writes a change that the durable tier has accepted to the cache. If the cache is
+    /// bypassed or the write fails, the cache may still hold the previous version: bump the
+    /// epoch so that no instance serves it.
     async fn write_cache_after_durable(
         &self,
         env: &SessionEnvelope,
         now: OffsetDateTime,
     ) -> Result<(), Error> {
         let inner = &*self.inner;
+        if !self.cache_allowed() {
+            return self.invalidate_cache("cache_bypassed").await;
+        }
         let put = inner
             .cache
             .put(&env.key, &env.encode(), inner.cache_ttl(env, now), false)
             .await;
+        self.cache_outcome(&put, "put");
         match put {
             Ok(_) => Ok(()),
-            Err(err) => {
-                cache_error(&err, "put");
-                inner.cache.remove(&env.key).await.map_err(|e| {
-                    cache_error(&e, "remove");
-                    Error::Cache(e)
-                })
-            }
+            Err(_) => self.invalidate_cache("cache_write_failed").await,
         }
     }
 
     async fn create_inner(&self, record: &mut Record) -> Result<(), Error> {
         let inner = &*self.inner;
+        self.ensure_epoch().await;
         let now = inner.clock.now();
         let idle = inner.idle_of(record, now).unwrap_or(inner.idle_timeout);
         let data = inner.encode_data(record)?;
@@ -934,27 +1328,28 @@ impl TieredStore {
                 .durable
                 .as_ref()
                 .map(|_| inner.durable_expiry(created_at, idle, now));
-            let env = SessionEnvelope {
+            let mut env = SessionEnvelope {
                 key,
                 version: 1,
                 created_at,
                 idle_timeout: idle,
+                epoch: self.epoch(),
                 durable_expires_at,
+                cache_expires_at: now,
                 data: data.clone(),
             };
+            env.cache_expires_at = plus(now, inner.cache_ttl(&env, now));
             if let (Some(durable), Some(expires_at)) = (&inner.durable, durable_expires_at) {
-                let inserted = durable
-                    .insert(&StoredSession {
-                        key,
-                        version: 1,
-                        created_at,
-                        idle_timeout: idle,
-                        expires_at,
-                        data: data.clone(),
-                        owner: inner.owner_of(&record.data),
-                    })
-                    .await
-                    .map_err(|e| durable_error(e, "insert"))?;
+                let session = StoredSession {
+                    key,
+                    version: 1,
+                    created_at,
+                    idle_timeout: idle,
+                    expires_at,
+                    data: data.clone(),
+                    owner: inner.owner_of(&record.data),
+                };
+                let inserted = self.durable_op("insert", durable.insert(&session)).await?;
                 metrics::counter!(names::DURABLE_WRITES_TOTAL, "op" => "insert").increment(1);
                 if !inserted {
                     tracing::warn!("session id collision in the durable tier; drawing a new id");
@@ -962,32 +1357,36 @@ impl TieredStore {
                 }
             }
             if inner.durable.is_none() {
+                if !self.cache_allowed() {
+                    return Err(Error::Cache(circuit_open_error()));
+                }
                 self.index(&key, &record.data).await?;
             }
-            match inner
-                .cache
-                .insert(&key, &env.encode(), inner.cache_ttl(&env, now))
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => {
-                    // Something (a tombstone, a stale entry) is filed under this id in the
-                    // cache: do not share it. Undo the durable row and draw again.
-                    tracing::warn!("session id collision in the cache tier; drawing a new id");
-                    if let Some(durable) = &inner.durable {
-                        durable
-                            .delete(&key)
-                            .await
-                            .map_err(|e| durable_error(e, "delete"))?;
+            // With the circuit open, the durable row is the session; a later read refills
+            // the cache.
+            if self.cache_allowed() {
+                let inserted = inner
+                    .cache
+                    .insert(&key, &env.encode(), inner.cache_ttl(&env, now))
+                    .await;
+                self.cache_outcome(&inserted, "insert");
+                match inserted {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        // Something (a tombstone, a stale entry) is filed under this id in
+                        // the cache: do not share it. Undo the durable row and draw again.
+                        tracing::warn!("session id collision in the cache tier; drawing a new id");
+                        if let Some(durable) = &inner.durable {
+                            self.durable_op("delete", durable.delete(&key)).await?;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                Err(err) => {
-                    cache_error(&err, "insert");
-                    if inner.durable.is_none() {
-                        return Err(Error::Cache(err));
+                    Err(err) => {
+                        if inner.durable.is_none() {
+                            return Err(Error::Cache(err));
+                        }
+                        // The durable row is the session; the next read refills the cache.
                     }
-                    // The durable row is the session; the next read refills the cache.
                 }
             }
             let revision = Revision {
@@ -1009,22 +1408,32 @@ impl TieredStore {
         let Some(owner) = self.inner.owner_of(data) else {
             return Ok(());
         };
-        self.inner.cache.index_add(&owner, key).await.map_err(|e| {
-            cache_error(&e, "index_add");
-            Error::Cache(e)
-        })
+        let added = self.inner.cache.index_add(&owner, key).await;
+        self.cache_outcome(&added, "index_add");
+        added.map_err(Error::Cache)
     }
 
-    /// Marks a session the durable tier no longer has as deleted in the cache.
-    async fn tombstone(&self, key: &StorageKey) -> Result<(), Error> {
-        self.inner
-            .cache
-            .replace(key, &envelope::encode_tombstone(key), TOMBSTONE_TTL)
-            .await
-            .map_err(|e| {
-                cache_error(&e, "tombstone");
-                Error::Cache(e)
-            })
+    /// Marks a session that the durable tier no longer has as deleted in the cache. When
+    /// that cannot be done, the epoch is bumped instead, so no instance serves the cached
+    /// copy. Returns whether a tombstone was written.
+    async fn tombstone(&self, key: &StorageKey) -> Result<bool, Error> {
+        let inner = &*self.inner;
+        if self.cache_allowed() {
+            let written = inner
+                .cache
+                .replace(key, &envelope::encode_tombstone(key), TOMBSTONE_TTL)
+                .await;
+            self.cache_outcome(&written, "tombstone");
+            match written {
+                Ok(()) => return Ok(true),
+                Err(err) if inner.durable.is_none() => return Err(Error::Cache(err)),
+                Err(_) => {}
+            }
+        } else if inner.durable.is_none() {
+            return Err(Error::Cache(circuit_open_error()));
+        }
+        self.invalidate_cache("delete_not_cached").await?;
+        Ok(false)
     }
 
     fn owned(
@@ -1053,10 +1462,9 @@ impl TieredStore {
         let mut sessions = Vec::new();
         match &inner.durable {
             Some(durable) => {
-                let rows = durable
-                    .list_owned(owner, now, MAX_LISTED)
-                    .await
-                    .map_err(|e| durable_error(e, "list_owned"))?;
+                let rows = self
+                    .durable_op("list_owned", durable.list_owned(owner, now, MAX_LISTED))
+                    .await?;
                 for row in rows {
                     let Some(data) = envelope::decode_data(&row.data) else {
                         continue;
@@ -1083,7 +1491,8 @@ impl TieredStore {
                 for key in members {
                     match self.peek_owned(owner, &key).await? {
                         Some((env, data, left)) => {
-                            let last_seen = now - env.idle_timeout.saturating_sub(left);
+                            let ttl = env.idle_timeout.saturating_add(inner.touch_interval);
+                            let last_seen = now - ttl.saturating_sub(left);
                             let expires = plus(now, left);
                             sessions.push(Self::owned(
                                 env.key,
@@ -1132,10 +1541,9 @@ impl TieredStore {
         let inner = &*self.inner;
         match &inner.durable {
             Some(durable) => {
-                let deleted = durable
-                    .delete_owned(owner, key)
-                    .await
-                    .map_err(|e| durable_error(e, "delete_owned"))?;
+                let deleted = self
+                    .durable_op("delete_owned", durable.delete_owned(owner, key))
+                    .await?;
                 if deleted {
                     self.tombstone(key).await?;
                 }
@@ -1161,12 +1569,18 @@ impl TieredStore {
         let keep = keep.map(StorageKey::from_id);
         let ended = match &inner.durable {
             Some(durable) => {
-                let keys = durable
-                    .delete_all_owned(owner, keep.as_ref())
-                    .await
-                    .map_err(|e| durable_error(e, "delete_all_owned"))?;
+                let keys = self
+                    .durable_op(
+                        "delete_all_owned",
+                        durable.delete_all_owned(owner, keep.as_ref()),
+                    )
+                    .await?;
                 for key in &keys {
-                    self.tombstone(key).await?;
+                    // Once the cache could not take a tombstone, the epoch was bumped,
+                    // which covers the rest.
+                    if !self.tombstone(key).await? {
+                        break;
+                    }
                 }
                 keys
             }
@@ -1195,7 +1609,14 @@ impl TieredStore {
     /// Probes each tier (each bounded by a one-second timeout).
     pub async fn health(&self) -> Health {
         let inner = &*self.inner;
-        let cache = probe(inner.cache.ping());
+        let cache = async {
+            match probe(inner.cache.ping()).await {
+                TierHealth::Ok { .. } if inner.breaker.is_open() => TierHealth::Degraded {
+                    reason: "circuit open: the cache answers again, requests return to it once the probe confirms".into(),
+                },
+                health => health,
+            }
+        };
         match &inner.durable {
             Some(durable) => {
                 let (cache, durable) = tokio::join!(cache, probe(durable.ping()));
@@ -1215,19 +1636,20 @@ impl TieredStore {
         let inner = &*self.inner;
         match &inner.durable {
             Some(durable) => {
-                durable
-                    .delete(key)
-                    .await
-                    .map_err(|e| durable_error(e, "delete"))?;
+                self.durable_op("delete", durable.delete(key)).await?;
                 metrics::counter!(names::DURABLE_WRITES_TOTAL, "op" => "delete").increment(1);
                 // A tombstone rather than DEL: a load that read the row before the delete
                 // must not refill the cache with it afterwards.
-                self.tombstone(key).await
+                self.tombstone(key).await.map(|_| ())
             }
-            None => inner.cache.remove(key).await.map_err(|e| {
-                cache_error(&e, "remove");
-                Error::Cache(e)
-            }),
+            None => {
+                if !self.cache_allowed() {
+                    return Err(Error::Cache(circuit_open_error()));
+                }
+                let removed = inner.cache.remove(key).await;
+                self.cache_outcome(&removed, "remove");
+                removed.map_err(Error::Cache)
+            }
         }
     }
 }

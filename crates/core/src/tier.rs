@@ -14,21 +14,14 @@ use crate::{StorageKey, TierError};
 /// A fast, lossy tier (Redis, or memory in-process) holding encoded
 /// [`SessionEnvelope`](crate::SessionEnvelope)s with a time to live.
 ///
-/// Conditional writes ([`put`](CacheTier::put), [`note_durable_expiry`](CacheTier::note_durable_expiry))
+/// Conditional writes ([`put`](CacheTier::put), [`slide`](CacheTier::slide))
 /// must be atomic on the server and follow [`crate::envelope::put_allowed`]: an
 /// implementation on Redis does it in a single-key Lua script, so it works on a cluster.
 #[async_trait]
 pub trait CacheTier: Debug + Send + Sync + 'static {
-    /// Reads the entry and resets its time to live to `ttl` in the same round trip
-    /// (`GETEX key PX ttl`). `None` when absent.
-    async fn get_and_slide(
-        &self,
-        key: &StorageKey,
-        ttl: Duration,
-    ) -> Result<Option<Bytes>, TierError>;
-
-    /// Sets the time to live of an existing entry (`PEXPIRE`); absent keys are left absent.
-    async fn set_ttl(&self, key: &StorageKey, ttl: Duration) -> Result<(), TierError>;
+    /// Reads the entry (`GET`). `None` when absent. A key holding a value of another type
+    /// is an error of kind [`WrongType`](crate::TierErrorKind::WrongType).
+    async fn get(&self, key: &StorageKey) -> Result<Option<Bytes>, TierError>;
 
     /// Stores `entry` only if nothing is stored under `key` (`SET NX PX`). Returns whether
     /// it was stored.
@@ -57,13 +50,17 @@ pub trait CacheTier: Debug + Send + Sync + 'static {
     /// Removes the entry (`DEL`).
     async fn remove(&self, key: &StorageKey) -> Result<(), TierError>;
 
-    /// Records a new durable expiry in the stored entry, in place and keeping its time to
-    /// live, if the entry still holds `version` of this session. Returns whether it did.
-    async fn note_durable_expiry(
+    /// Slides an entry's expiry: if the entry still holds `version` of this session, sets
+    /// its time to live to `ttl` and records both expiries in place (the bytes at
+    /// [`DURABLE_EXPIRY_OFFSET`](crate::envelope::DURABLE_EXPIRY_OFFSET), see
+    /// [`crate::envelope::expiry_bytes`]). Returns whether it did.
+    async fn slide(
         &self,
         key: &StorageKey,
         version: u64,
-        durable_expires_at: OffsetDateTime,
+        ttl: Duration,
+        durable_expires_at: Option<OffsetDateTime>,
+        cache_expires_at: OffsetDateTime,
     ) -> Result<bool, TierError>;
 
     /// Reads an entry and its remaining time to live without sliding it.
@@ -71,6 +68,23 @@ pub trait CacheTier: Debug + Send + Sync + 'static {
 
     /// Checks that the tier answers (`PING`).
     async fn ping(&self) -> Result<(), TierError>;
+
+    /// Who is answering: an identifier that changes whenever the cache's contents may have
+    /// been replaced behind the store's back (Redis: the server's `run_id`, new at every
+    /// start, so also after a restart from an older snapshot or a failover to a replica).
+    /// `None` for a tier that cannot be replaced (in-process memory).
+    async fn identity(&self) -> Result<Option<String>, TierError> {
+        Ok(None)
+    }
+
+    /// How many times a connection to the cache was lost so far. The store compares it
+    /// between requests: a lost connection may mean the server restarted (perhaps from an
+    /// older snapshot) or failed over, so whatever it holds may predate changes, and the
+    /// store stops trusting it until it has invalidated it. A tier that cannot lose
+    /// anything (in-process memory) keeps the default, 0.
+    fn disconnects(&self) -> u64 {
+        0
+    }
 
     /// Adds `member` to the index of `owner`'s sessions. Only used without a durable tier
     /// (with one, the durable tier is the index). Every operation touches one key, so it
@@ -187,4 +201,19 @@ pub trait DurableTier: Debug + Send + Sync + 'static {
 
     /// Checks that the tier answers (`SELECT 1`).
     async fn ping(&self) -> Result<(), TierError>;
+
+    /// The current cache epoch: a counter shared by every store instance on this durable
+    /// tier. Cached records written under an older epoch are not trusted.
+    async fn epoch(&self) -> Result<u64, TierError>;
+
+    /// Increments the cache epoch and returns the new value; called when a change could
+    /// not be written to the cache, so that no instance serves the old cached copy.
+    async fn bump_epoch(&self) -> Result<u64, TierError>;
+
+    /// Records the identity of the cache the store talks to (see [`CacheTier::identity`])
+    /// and returns the current epoch, incremented first if the identity differs from the
+    /// one recorded last: the cache was restarted or replaced, and may hold entries older
+    /// than changes made since. Atomic, so several instances noticing the same restart
+    /// bump once.
+    async fn observe_cache(&self, identity: &str) -> Result<u64, TierError>;
 }

@@ -109,7 +109,9 @@ impl Payload {
             version: 1,
             created_at: now,
             idle_timeout: idle,
+            epoch: 1,
             durable_expires_at: Some(now + idle + touch_interval),
+            cache_expires_at: now + idle + touch_interval,
             data,
         }
         .encode()

@@ -3,13 +3,19 @@
 //! [`RedisCache`] stores each session under `<prefix><hex of its storage key>` as a
 //! [`SessionEnvelope`](tiered_sessions_core::SessionEnvelope):
 //!
-//! - a read is one `GETEX key PX <idle>`: it reads and slides the expiry in one round trip;
+//! - a read is one `GET`; the store slides the expiry with a separate script at most once
+//!   per touch interval per session (see [`CacheTier::slide`]);
 //! - a new session is `SET key … NX PX`;
 //! - a change or a refill after a miss is a single-key Lua script that writes only if the
 //!   stored entry is not a tombstone and not a newer version of the same session, so a slow
 //!   writer or a refill racing a change can never roll it back (no `SET … XX` that silently
 //!   drops the write);
-//! - a durable touch is recorded in place with `SETRANGE`, under the same version check.
+//! - a slide sets the time to live and records both expiries in place with `SETRANGE`,
+//!   under the same version check.
+//!
+//! The store stops trusting the cache whenever fred reports a lost connection (see
+//! [`CacheTier::disconnects`]): the server may have restarted from an older snapshot or
+//! failed over to a replica that missed writes.
 //!
 //! Every command touches one key, so the tier works unchanged on Redis Cluster.
 //!
@@ -28,16 +34,23 @@
 //! # }
 //! ```
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, OnceLock,
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::{
-    clients::Client,
+    clients::{Client, Pool},
     error::{Error as FredError, ErrorKind},
-    interfaces::{ClientLike, KeysInterface, LuaInterface, SetsInterface},
+    interfaces::{ClientLike, EventInterface, KeysInterface, LuaInterface, SetsInterface},
     types::{
-        config::{Config, Options, ReconnectPolicy},
+        config::{Config, Options, ReconnectPolicy, UnresponsiveConfig},
         Builder, ClusterHash, CustomCommand, Expiration, SetOptions, Value,
     },
 };
@@ -109,12 +122,60 @@ pub struct RedisCache<C = Client> {
     op_timeout: Duration,
     options: Options,
     scripts: Arc<Scripts>,
+    disconnects: Arc<Disconnects>,
 }
 
 struct Scripts {
     put: String,
-    note_durable_expiry: String,
+    slide: String,
     peek: String,
+}
+
+/// Counts connection losses that fred reports, from the first time the store asks.
+#[derive(Default)]
+struct Disconnects {
+    count: Arc<AtomicU64>,
+    watching: OnceLock<()>,
+}
+
+/// fred clients whose connection losses a [`RedisCache`] can watch: [`Client`] and [`Pool`].
+pub trait ConnectionEvents {
+    /// Receivers of the error events of every connection: fred broadcasts one when a
+    /// connection breaks (the server closed it, restarted, or stopped answering) or a
+    /// connection attempt fails.
+    fn connection_events(&self) -> Vec<ConnectionEventReceiver>;
+}
+
+/// A stream of connection errors, from [`ConnectionEvents::connection_events`].
+pub type ConnectionEventReceiver =
+    tokio::sync::broadcast::Receiver<(FredError, Option<fred::types::config::Server>)>;
+
+impl ConnectionEvents for Client {
+    fn connection_events(&self) -> Vec<ConnectionEventReceiver> {
+        vec![self.error_rx()]
+    }
+}
+
+impl ConnectionEvents for Pool {
+    fn connection_events(&self) -> Vec<ConnectionEventReceiver> {
+        self.clients()
+            .iter()
+            .flat_map(ConnectionEvents::connection_events)
+            .collect()
+    }
+}
+
+/// Counts every event of `events` into `count` until the client is dropped.
+async fn count_into(mut events: ConnectionEventReceiver, count: Arc<AtomicU64>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(_) | Err(RecvError::Lagged(_)) => {
+                count.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
 }
 
 impl<C> fmt::Debug for RedisCache<C> {
@@ -133,26 +194,61 @@ impl RedisCache<Client> {
     /// of waiting.
     pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(250);
 
+    /// How long [`RedisCache::connect`] waits for the first connection before returning
+    /// anyway.
+    pub const STARTUP_WAIT: Duration = Duration::from_secs(1);
+
     /// Connects to the Redis at `url` (`redis://`, `rediss://`, and fred's
     /// `redis-cluster://` and `redis-sentinel://`) with one auto-pipelining client, set up
-    /// for a cache: a 1 s connection timeout and reconnection with backoff forever.
+    /// for a cache: a 1 s connection timeout, reconnection with backoff (up to 1 s) forever,
+    /// and a connection that does not answer for 2 s is dropped and replaced.
+    ///
+    /// Redis being down is not an error: the client keeps connecting in the background
+    /// (after waiting [`Self::STARTUP_WAIT`] for the first connection), and the store
+    /// serves sessions from the durable tier meanwhile. Only a malformed URL fails.
     pub async fn connect(url: &str) -> Result<Self, RedisCacheError> {
-        let config = Config::from_url(url).map_err(RedisCacheError::Url)?;
+        let mut config = Config::from_url(url).map_err(RedisCacheError::Url)?;
+        // Retry the first connection like any later one instead of failing `connect`.
+        config.fail_fast = false;
         let client = Builder::from_config(config)
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_secs(1);
+                c.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(Duration::from_secs(2)),
+                    interval: Duration::from_millis(500),
+                };
             })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
             .build()
             .map_err(RedisCacheError::Url)?;
-        client.init().await.map_err(RedisCacheError::Connect)?;
-        Ok(Self::new(client))
+        let cache = Self::new(client);
+        // Subscribe before the first connection attempt, so a failure is counted.
+        cache.watch_connections();
+        cache.client.connect();
+        if tokio::time::timeout(Self::STARTUP_WAIT, cache.client.wait_for_connect())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "Redis is not reachable yet; connecting in the background (sessions are served \
+                 from the durable tier meanwhile, if one is configured)"
+            );
+        }
+        Ok(cache)
     }
 }
 
 impl<C> RedisCache<C>
 where
-    C: ClientLike + KeysInterface + LuaInterface + SetsInterface + Clone + Send + Sync + 'static,
+    C: ClientLike
+        + KeysInterface
+        + LuaInterface
+        + SetsInterface
+        + ConnectionEvents
+        + Clone
+        + Send
+        + Sync
+        + 'static,
 {
     /// Default key prefix: `tsess:`.
     pub const DEFAULT_KEY_PREFIX: &'static str = "tsess:";
@@ -165,7 +261,24 @@ where
             op_timeout: RedisCache::DEFAULT_OP_TIMEOUT,
             options: command_options(),
             scripts: Arc::new(Scripts::new()),
+            disconnects: Arc::default(),
         }
+    }
+
+    /// Starts counting the client's connection losses (once; needs a tokio runtime, else
+    /// it is tried again on the next call).
+    fn watch_connections(&self) {
+        if self.disconnects.watching.get().is_some() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.disconnects.watching.get_or_init(|| {
+            for events in self.client.connection_events() {
+                runtime.spawn(count_into(events, self.disconnects.count.clone()));
+            }
+        });
     }
 
     /// Sets the prefix of every key (default [`Self::DEFAULT_KEY_PREFIX`]), to share one
@@ -242,6 +355,8 @@ impl Scripts {
         let key_to = envelope::VERSION_OFFSET;
         let version_from = envelope::VERSION_OFFSET + 1;
         let version_to = envelope::CREATED_OFFSET;
+        let epoch_from = envelope::EPOCH_OFFSET + 1;
+        let epoch_to = envelope::CHECKSUM_OFFSET;
         let kind_at = envelope::KIND_OFFSET + 1;
         let header = envelope::HEADER_LEN;
         let (record, tombstone) = (envelope::KIND_RECORD, envelope::KIND_TOMBSTONE);
@@ -252,10 +367,15 @@ impl Scripts {
 local new = ARGV[1]
 local cur = redis.pcall('GET', KEYS[1])
 if type(cur) ~= 'string' then cur = nil end
-local function version(s)
+local function number(s, from, to)
   local v = 0
-  for i = {version_from}, {version_to} do v = v * 256 + string.byte(s, i) end
+  for i = from, to do v = v * 256 + string.byte(s, i) end
   return v
+end
+local function newer(a, b)
+  local va, vb = number(a, {version_from}, {version_to}), number(b, {version_from}, {version_to})
+  if va ~= vb then return va > vb end
+  return number(a, {epoch_from}, {epoch_to}) > number(b, {epoch_from}, {epoch_to})
 end
 local ours = cur ~= nil and #cur >= {header} and #new >= {header}
   and string.sub(cur, 1, 3) == string.sub(new, 1, 3)
@@ -264,7 +384,7 @@ if ours then
   local kind = string.byte(cur, {kind_at})
   if kind == {tombstone} then return 0 end
   if kind == {record} then
-    if version(cur) > version(new) then return 0 end
+    if newer(cur, new) then return 0 end
   elseif ARGV[3] == '1' then
     return 0
   end
@@ -277,11 +397,14 @@ return 1
         );
         let prefix_len = envelope::CREATED_OFFSET;
         let offset = envelope::DURABLE_EXPIRY_OFFSET;
-        let note_durable_expiry = format!(
+        let slide = format!(
             r#"
 local cur = redis.pcall('GET', KEYS[1])
-if type(cur) ~= 'string' or string.sub(cur, 1, {prefix_len}) ~= ARGV[1] then return 0 end
+if type(cur) ~= 'string' or #cur < {header} or string.sub(cur, 1, {prefix_len}) ~= ARGV[1] then
+  return 0
+end
 redis.call('SETRANGE', KEYS[1], {offset}, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 "#
         );
@@ -292,41 +415,29 @@ if type(cur) ~= 'string' then return false end
 return {cur, redis.call('PTTL', KEYS[1])}
 "#
         .to_owned();
-        Self {
-            put,
-            note_durable_expiry,
-            peek,
-        }
+        Self { put, slide, peek }
     }
 }
 
 #[async_trait]
 impl<C> CacheTier for RedisCache<C>
 where
-    C: ClientLike + KeysInterface + LuaInterface + SetsInterface + Clone + Send + Sync + 'static,
+    C: ClientLike
+        + KeysInterface
+        + LuaInterface
+        + SetsInterface
+        + ConnectionEvents
+        + Clone
+        + Send
+        + Sync
+        + 'static,
 {
-    async fn get_and_slide(
-        &self,
-        key: &StorageKey,
-        ttl: Duration,
-    ) -> Result<Option<Bytes>, TierError> {
-        // fred has no typed GETEX; one custom command keeps the read a single round trip.
-        let getex = CustomCommand::new_static("GETEX", ClusterHash::FirstKey, false);
-        let args: Vec<Value> = vec![self.redis_key(key).into(), "PX".into(), px(ttl).into()];
+    async fn get(&self, key: &StorageKey) -> Result<Option<Bytes>, TierError> {
         self.run(
             self.client
                 .with_options(&self.options)
-                .custom::<Option<Bytes>, _>(getex, args),
+                .get::<Option<Bytes>, _>(self.redis_key(key)),
         )
-        .await
-    }
-
-    async fn set_ttl(&self, key: &StorageKey, ttl: Duration) -> Result<(), TierError> {
-        self.run(self.client.with_options(&self.options).pexpire::<(), _>(
-            self.redis_key(key),
-            px(ttl),
-            None,
-        ))
         .await
     }
 
@@ -395,24 +506,51 @@ where
         .await
     }
 
-    async fn note_durable_expiry(
+    async fn slide(
         &self,
         key: &StorageKey,
         version: u64,
-        durable_expires_at: OffsetDateTime,
+        ttl: Duration,
+        durable_expires_at: Option<OffsetDateTime>,
+        cache_expires_at: OffsetDateTime,
     ) -> Result<bool, TierError> {
         let args: Vec<Value> = vec![
             Bytes::from(envelope::record_prefix(key, version)).into(),
-            Bytes::copy_from_slice(&envelope::durable_expiry_bytes(durable_expires_at)).into(),
+            Bytes::copy_from_slice(&envelope::expiry_bytes(
+                durable_expires_at,
+                cache_expires_at,
+            ))
+            .into(),
+            px(ttl).into(),
         ];
-        let patched: i64 = self
+        let slid: i64 = self
             .run(self.client.with_options(&self.options).eval(
-                self.scripts.note_durable_expiry.as_str(),
+                self.scripts.slide.as_str(),
                 self.redis_key(key),
                 args,
             ))
             .await?;
-        Ok(patched == 1)
+        Ok(slid == 1)
+    }
+
+    async fn identity(&self) -> Result<Option<String>, TierError> {
+        let info = CustomCommand::new_static("INFO", ClusterHash::Random, false);
+        let text: String = self
+            .run(
+                self.client
+                    .with_options(&self.options)
+                    .custom(info, vec![Value::from("server")]),
+            )
+            .await?;
+        Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned()))
+    }
+
+    fn disconnects(&self) -> u64 {
+        self.watch_connections();
+        self.disconnects.count.load(Ordering::Acquire)
     }
 
     async fn peek(&self, key: &StorageKey) -> Result<Option<(Bytes, Duration)>, TierError> {

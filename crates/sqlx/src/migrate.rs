@@ -26,6 +26,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         name: "session_owner",
         sql: include_str!("../migrations/postgres/0002_session_owner.sql"),
     },
+    Migration {
+        version: 3,
+        name: "cache_epoch",
+        sql: include_str!("../migrations/postgres/0003_cache_epoch.sql"),
+    },
 ];
 
 /// SQLite migrations, in the order they are applied.
@@ -40,6 +45,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         version: 2,
         name: "session_owner",
         sql: include_str!("../migrations/sqlite/0002_session_owner.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "cache_epoch",
+        sql: include_str!("../migrations/sqlite/0003_cache_epoch.sql"),
     },
 ];
 

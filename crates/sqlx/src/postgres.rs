@@ -340,4 +340,43 @@ impl DurableTier for PostgresDurable {
             .map_err(db_err)?;
         Ok(())
     }
+    async fn epoch(&self) -> Result<u64, TierError> {
+        let epoch: i64 =
+            sqlx::query_scalar("SELECT epoch FROM tiered_sessions_cache_epoch WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
+        Ok(u64::try_from(epoch).unwrap_or(0))
+    }
+
+    async fn observe_cache(&self, identity: &str) -> Result<u64, TierError> {
+        // One statement: the UPDATE only matches (and bumps) when the identity changed.
+        let epoch: i64 = sqlx::query_scalar(
+            "WITH bumped AS (
+                UPDATE tiered_sessions_cache_epoch
+                SET epoch = epoch + 1, cache_identity = $1
+                WHERE id = 1 AND cache_identity IS DISTINCT FROM $1
+                RETURNING epoch
+            )
+            SELECT epoch FROM bumped
+            UNION ALL
+            SELECT epoch FROM tiered_sessions_cache_epoch
+            WHERE id = 1 AND NOT EXISTS (SELECT 1 FROM bumped)",
+        )
+        .bind(identity)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(u64::try_from(epoch).unwrap_or(0))
+    }
+
+    async fn bump_epoch(&self) -> Result<u64, TierError> {
+        let epoch: i64 = sqlx::query_scalar(
+            "UPDATE tiered_sessions_cache_epoch SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(u64::try_from(epoch).unwrap_or(0))
+    }
 }

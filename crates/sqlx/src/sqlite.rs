@@ -344,6 +344,38 @@ impl DurableTier for SqliteDurable {
             .map_err(db_err)?;
         Ok(())
     }
+    async fn epoch(&self) -> Result<u64, TierError> {
+        let epoch: i64 =
+            sqlx::query_scalar("SELECT epoch FROM tiered_sessions_cache_epoch WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
+        Ok(u64::try_from(epoch).unwrap_or(0))
+    }
+
+    async fn observe_cache(&self, identity: &str) -> Result<u64, TierError> {
+        // SQLite has no data-modifying CTEs: bump if the identity changed, then read. A bump
+        // by another instance in between only makes the epoch read higher, which is safe.
+        sqlx::query(
+            "UPDATE tiered_sessions_cache_epoch SET epoch = epoch + 1, cache_identity = ?1
+             WHERE id = 1 AND cache_identity IS NOT ?1",
+        )
+        .bind(identity)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        self.epoch().await
+    }
+
+    async fn bump_epoch(&self) -> Result<u64, TierError> {
+        let epoch: i64 = sqlx::query_scalar(
+            "UPDATE tiered_sessions_cache_epoch SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(u64::try_from(epoch).unwrap_or(0))
+    }
 }
 
 #[cfg(test)]

@@ -107,6 +107,8 @@ pub struct Builder {
     cache_op_timeout: Option<Duration>,
     memory_cache_bytes: u64,
     owner_pointer: Option<String>,
+    durable_timeout: Option<Duration>,
+    epoch_poll_interval: Option<Duration>,
 }
 
 impl Default for Builder {
@@ -134,6 +136,8 @@ impl Builder {
             cache_op_timeout: None,
             memory_cache_bytes: Self::DEFAULT_MEMORY_CACHE_BYTES,
             owner_pointer: None,
+            durable_timeout: None,
+            epoch_poll_interval: None,
         }
     }
 
@@ -224,6 +228,20 @@ impl Builder {
         self
     }
 
+    /// Sets the deadline of each durable tier call; see
+    /// [`TieredStoreBuilder::with_durable_timeout`].
+    pub fn with_durable_timeout(mut self, timeout: Duration) -> Self {
+        self.durable_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets how often the cache epoch is read; see
+    /// [`TieredStoreBuilder::with_epoch_poll_interval`].
+    pub fn with_epoch_poll_interval(mut self, interval: Duration) -> Self {
+        self.epoch_poll_interval = Some(interval);
+        self
+    }
+
     /// Sets the size of the in-process cache used when no Redis URL is given (default
     /// [`Self::DEFAULT_MEMORY_CACHE_BYTES`]).
     pub fn with_memory_cache_bytes(mut self, bytes: u64) -> Self {
@@ -273,6 +291,12 @@ impl Builder {
         }
         if let Some(pointer) = self.owner_pointer {
             store = store.with_owner_pointer(pointer);
+        }
+        if let Some(timeout) = self.durable_timeout {
+            store = store.with_durable_timeout(timeout);
+        }
+        if let Some(interval) = self.epoch_poll_interval {
+            store = store.with_epoch_poll_interval(interval);
         }
         Ok(store.build()?)
     }

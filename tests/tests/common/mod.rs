@@ -210,6 +210,25 @@ impl Fixture {
         }
     }
 
+    /// The session's cache entry once it is a live record of this store: refills run in
+    /// the background, so this polls for up to 2 s. `None` if none appears.
+    pub async fn cache_refilled(&self, id: &Id) -> Option<Vec<u8>> {
+        let key = StorageKey::from_id(id);
+        tiered_sessions_tests::poll_some(
+            Duration::from_secs(2),
+            Duration::from_millis(5),
+            || async {
+                self.cache_raw(id).await.filter(|raw| {
+                    matches!(
+                        tiered_sessions_core::envelope::decode(raw, &key),
+                        Ok(tiered_sessions_core::envelope::Entry::Record(_))
+                    )
+                })
+            },
+        )
+        .await
+    }
+
     /// Overwrites a session's cache entry with `bytes`.
     pub async fn cache_set_raw(&self, id: &Id, bytes: &[u8]) {
         let key = StorageKey::from_id(id);
@@ -399,6 +418,31 @@ impl Fixture {
                     .execute(pool)
                     .await
                     .expect("delete");
+            }
+            None => panic!("a durable fixture"),
+        }
+    }
+
+    /// Overwrites a session's durable data with bytes that are not MessagePack.
+    pub async fn durable_corrupt_directly(&self, id: &Id) {
+        let key = StorageKey::from_id(id).as_bytes().to_vec();
+        let garbage = b"\xc1\xc1 not a session".to_vec();
+        match self.durable.as_ref() {
+            Some(DurableHandle::Postgres { pool, .. }) => {
+                sqlx::query("UPDATE tiered_sessions SET data = $1 WHERE key = $2")
+                    .bind(garbage)
+                    .bind(key)
+                    .execute(pool)
+                    .await
+                    .expect("update");
+            }
+            Some(DurableHandle::Sqlite { pool, .. }) => {
+                sqlx::query("UPDATE tiered_sessions SET data = ? WHERE key = ?")
+                    .bind(garbage)
+                    .bind(key)
+                    .execute(pool)
+                    .await
+                    .expect("update");
             }
             None => panic!("a durable fixture"),
         }
@@ -675,5 +719,14 @@ impl<D: DurableTier> DurableTier for SlowLoads<D> {
     }
     async fn delete_expired(&self, now: OffsetDateTime, batch: u32) -> Result<u64, TierError> {
         self.inner.delete_expired(now, batch).await
+    }
+    async fn epoch(&self) -> Result<u64, TierError> {
+        self.inner.epoch().await
+    }
+    async fn bump_epoch(&self) -> Result<u64, TierError> {
+        self.inner.bump_epoch().await
+    }
+    async fn observe_cache(&self, identity: &str) -> Result<u64, TierError> {
+        self.inner.observe_cache(identity).await
     }
 }
