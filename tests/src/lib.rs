@@ -9,6 +9,8 @@
 //! - [`PgStats`]: transactions, row changes and statements of one database.
 //! - [`poll_until`] / [`poll_some`]: wait for a condition with a deadline.
 //! - [`ChromeDriver`]: headless Chromium sessions for end-to-end tests.
+//! - [`FaultProxy`]: a TCP proxy between the store and a server that injects faults
+//!   (delay, blackhole, reset, refuse), undone by a guard on drop.
 //!
 //! Every server is cleaned up when its value is dropped, and by a watchdog process when
 //! the test process dies first, so nothing outlives a test run.
@@ -35,6 +37,7 @@ mod pg_stats;
 mod poll;
 mod postgres;
 mod process;
+mod proxy;
 mod redis;
 
 pub use browser::{ChromeDriver, CHROMIUM_ARGS};
@@ -42,6 +45,7 @@ pub use net::free_port;
 pub use pg_stats::{pg_stats, PgStats, SESSIONS_TABLE};
 pub use poll::{poll_some, poll_until};
 pub use postgres::{shared_postgres, PostgresCluster};
+pub use proxy::{Fault, FaultGuard, FaultProxy};
 pub use redis::RedisServer;
 
 #[cfg(test)]

@@ -982,7 +982,6 @@ async fn redis_down_is_degraded_but_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "writes while Redis is down need the cache-outage fallback of the store (not built yet); today they fail fast with 503"]
 async fn redis_down_still_accepts_sign_ins_and_visits() {
     let mut fx = Fixture::new(Kind::Tiered).await;
     let mut alice = fx.browser(FIREFOX);
