@@ -601,6 +601,12 @@ async fn starts_with_redis_down_and_uses_it_once_up() {
     let id = create(&store, 1).await;
     assert_eq!(increment(&store, &id).await, Ok(Some(2)));
     assert_eq!(load_n(&store, &id).await, Some(2));
+    let health = store.health().await;
+    assert!(!health.cache.is_ok(), "{health:?}");
+    assert!(
+        health.writable() && health.serving() && health.degraded(),
+        "{health:?}"
+    );
 
     redis.restart().await;
     let on_redis = poll_until(
@@ -617,11 +623,13 @@ async fn starts_with_redis_down_and_uses_it_once_up() {
         || async {
             load_n(&store, &id).await;
             let calls = redis.command_calls().await;
-            calls.get("eval").copied().unwrap_or(0) > 0
+            calls.get("eval").copied().unwrap_or(0) + calls.get("evalsha").copied().unwrap_or(0) > 0
         },
     )
     .await;
     assert!(cached, "the session was refilled into Redis");
+    let health = store.health().await;
+    assert!(health.cache.is_ok() && !health.degraded(), "{health:?}");
     assert_eq!(increment(&store, &id).await, Ok(Some(3)));
     assert_eq!(load_n(&store, &id).await, Some(3));
 }

@@ -24,10 +24,7 @@ use crate::AppState;
 /// ```
 pub(crate) async fn health(State(state): State<AppState>) -> Response {
     let health = state.store.health().await;
-    let serving = match &health.durable {
-        Some(durable) => durable.is_ok(),
-        None => health.cache.is_ok(),
-    };
+    let serving = health.writable();
     let degraded = serving && !health.cache.is_ok();
     let (status, label) = if !serving {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
