@@ -4,7 +4,7 @@ use std::{
     collections::HashSet,
     fmt,
     future::Future,
-    hash::{BuildHasher, RandomState},
+    hash::{BuildHasher, Hash, Hasher, RandomState},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, PoisonError, Weak,
@@ -579,11 +579,24 @@ enum Unusable {
 }
 
 impl Inner {
-    fn digest(&self, key: &StorageKey, data: &[u8]) -> u64 {
-        // A keyed hash (SipHash with a per-process random key): the revision is only ever
-        // compared within the process that wrote it (one request's load and save), and
-        // users cannot craft collisions without the key.
-        self.digests.hash_one((key.as_bytes(), data))
+    /// A digest of session data, computed from the values themselves so that a save can
+    /// tell unchanged data without encoding it. A keyed hash (SipHash with a per-process
+    /// random key): the revision is only ever compared within the process that wrote it
+    /// (one request's load and save), and users cannot craft collisions without the key.
+    /// Entries are combined by addition, so the map's iteration order does not matter.
+    fn digest(&self, key: &StorageKey, data: &envelope::Data) -> u64 {
+        let entries = data.len() - usize::from(data.contains_key(REVISION_KEY));
+        let mut sum = self.digests.hash_one((key.as_bytes(), entries));
+        for (name, value) in data {
+            if name == REVISION_KEY {
+                continue;
+            }
+            let mut hasher = self.digests.build_hasher();
+            name.hash(&mut hasher);
+            hash_value(&mut hasher, value);
+            sum = sum.wrapping_add(hasher.finish());
+        }
+        sum
     }
 
     fn deadline(&self, created_at: OffsetDateTime) -> Option<OffsetDateTime> {
@@ -645,7 +658,7 @@ impl Inner {
             version: env.version,
             created_at_ms: envelope::unix_ms(env.created_at),
             idle_ms: envelope::duration_ms(env.idle_timeout),
-            digest: self.digest(&env.key, &env.data),
+            digest: self.digest(&env.key, &data),
         };
         data.insert(REVISION_KEY.to_owned(), revision.to_value());
         let mut expiry_date = plus(now, env.idle_timeout);
@@ -672,6 +685,47 @@ impl Inner {
             });
         }
         Ok(data)
+    }
+}
+
+/// Feeds a JSON value to `hasher`, tagging each kind so that, say, `1` and `"1"` differ.
+/// Objects iterate in key order (serde_json's map is sorted); arrays in order.
+fn hash_value(hasher: &mut impl Hasher, value: &serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Null => hasher.write_u8(0),
+        Value::Bool(b) => hasher.write_u8(if *b { 1 } else { 2 }),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                hasher.write_u8(3);
+                hasher.write_u64(u);
+            } else if let Some(i) = n.as_i64() {
+                hasher.write_u8(4);
+                hasher.write_i64(i);
+            } else {
+                hasher.write_u8(5);
+                hasher.write_u64(n.as_f64().map_or(0, f64::to_bits));
+            }
+        }
+        Value::String(s) => {
+            hasher.write_u8(6);
+            s.hash(hasher);
+        }
+        Value::Array(items) => {
+            hasher.write_u8(7);
+            hasher.write_usize(items.len());
+            for item in items {
+                hash_value(hasher, item);
+            }
+        }
+        Value::Object(map) => {
+            hasher.write_u8(8);
+            hasher.write_usize(map.len());
+            for (name, item) in map {
+                name.hash(hasher);
+                hash_value(hasher, item);
+            }
+        }
     }
 }
 
@@ -972,7 +1026,12 @@ impl TieredStore {
             match got {
                 Ok(Some(bytes)) => match envelope::decode(&bytes, &key) {
                     Ok(Entry::Record(env)) => {
-                        let known = inner.epoch.fetch_max(env.epoch, Ordering::AcqRel);
+                        // A plain load first: the read path must not bounce the line
+                        // between cores with a read-modify-write on every request.
+                        let known = self.epoch();
+                        if env.epoch > known {
+                            inner.epoch.fetch_max(env.epoch, Ordering::AcqRel);
+                        }
                         if env.epoch < known {
                             miss("stale_epoch");
                         } else {
@@ -1183,16 +1242,16 @@ impl TieredStore {
             // Its own expiry date has passed: it is over.
             return self.delete_key(&key).await;
         };
-        let data = inner.encode_data(record)?;
         let revision = Revision::from_value(record.data.get(REVISION_KEY));
         if let Some(rev) = revision {
             let same_idle = Duration::from_millis(rev.idle_ms).abs_diff(idle) <= IDLE_SNAP;
-            if same_idle && rev.digest == inner.digest(&key, &data) {
+            if same_idle && rev.digest == inner.digest(&key, &record.data) {
                 // A read-only request: `load` already slid the expiries where due.
                 // Writing back could undo a concurrent change.
                 return Ok(());
             }
         }
+        let data = inner.encode_data(record)?;
 
         match &inner.durable {
             Some(durable) => {
@@ -1393,7 +1452,7 @@ impl TieredStore {
                 version: 1,
                 created_at_ms: envelope::unix_ms(created_at),
                 idle_ms: envelope::duration_ms(idle),
-                digest: inner.digest(&key, &data),
+                digest: inner.digest(&key, &record.data),
             };
             record
                 .data
@@ -1678,5 +1737,67 @@ impl ExpiredDeletion for TieredStore {
     async fn delete_expired(&self) -> session_store::Result<()> {
         self.sweep_expired().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryCache;
+
+    fn data(pairs: &[(&str, serde_json::Value)]) -> envelope::Data {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn the_digest_tells_unchanged_data_from_any_change() {
+        let store = TieredStore::builder(MemoryCache::new(1 << 20))
+            .build()
+            .expect("store");
+        let inner = &store.inner;
+        let key = StorageKey::from_id(&Id(7));
+        let user = serde_json::json!({"id": 7, "roles": ["a", "b"]});
+        let a = data(&[("user", user.clone()), ("n", 1.into())]);
+        let mut b = data(&[("n", 1.into()), ("user", user)]);
+        b.insert(REVISION_KEY.to_owned(), serde_json::json!([1, 2, 3, 4]));
+        assert_eq!(
+            inner.digest(&key, &a),
+            inner.digest(&key, &b),
+            "order and revision ignored"
+        );
+        for changed in [
+            data(&[
+                ("user", serde_json::json!({"id": 7, "roles": ["b", "a"]})),
+                ("n", 1.into()),
+            ]),
+            data(&[
+                ("user", serde_json::json!({"id": 7, "roles": ["a", "b"]})),
+                ("n", "1".into()),
+            ]),
+            data(&[
+                ("user", serde_json::json!({"id": 7, "roles": ["a", "b"]})),
+                ("n", 1.5.into()),
+            ]),
+            data(&[("user", serde_json::json!({"id": 7, "roles": ["a", "b"]}))]),
+            data(&[
+                ("user", serde_json::json!({"id": 7, "roles": ["a", "b"]})),
+                ("m", 1.into()),
+            ]),
+        ] {
+            assert_ne!(
+                inner.digest(&key, &a),
+                inner.digest(&key, &changed),
+                "{changed:?}"
+            );
+        }
+        let other = StorageKey::from_id(&Id(8));
+        assert_ne!(
+            inner.digest(&key, &a),
+            inner.digest(&other, &a),
+            "keyed by session"
+        );
     }
 }

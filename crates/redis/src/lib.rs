@@ -6,7 +6,7 @@
 //! - a read is one `GET`; the store slides the expiry with a separate script at most once
 //!   per touch interval per session (see [`CacheTier::slide`]);
 //! - a new session is `SET key … NX PX`;
-//! - a change or a refill after a miss is a single-key Lua script that writes only if the
+//! - a change or a refill after a miss is a single-key Lua script (run by `EVALSHA`) that writes only if the
 //!   stored entry is not a tombstone and not a newer version of the same session, so a slow
 //!   writer or a refill racing a change can never roll it back (no `SET … XX` that silently
 //!   drops the write);
@@ -51,7 +51,8 @@ use fred::{
     interfaces::{ClientLike, EventInterface, KeysInterface, LuaInterface, SetsInterface},
     types::{
         config::{Config, Options, ReconnectPolicy, UnresponsiveConfig},
-        Builder, ClusterHash, CustomCommand, Expiration, SetOptions, Value,
+        scripts::Script,
+        Builder, ClusterHash, CustomCommand, Expiration, FromValue, SetOptions, Value,
     },
 };
 use tiered_sessions_core::{
@@ -125,10 +126,12 @@ pub struct RedisCache<C = Client> {
     disconnects: Arc<Disconnects>,
 }
 
+/// The Lua scripts, run with `EVALSHA` (falling back to `EVAL`, which caches the script,
+/// when the server answers `NOSCRIPT`: after a restart or on a new cluster node).
 struct Scripts {
-    put: String,
-    slide: String,
-    peek: String,
+    put: Script,
+    slide: Script,
+    peek: Script,
 }
 
 /// Counts connection losses that fred reports, from the first time the store asks.
@@ -333,6 +336,43 @@ where
     }
 }
 
+impl<C> RedisCache<C>
+where
+    C: ClientLike
+        + KeysInterface
+        + LuaInterface
+        + SetsInterface
+        + ConnectionEvents
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    /// Runs a script on one key by its SHA-1 (`EVALSHA`), sending the source (`EVAL`) only
+    /// when the server does not have it yet; both under one deadline.
+    async fn script<R: FromValue>(
+        &self,
+        script: &Script,
+        key: String,
+        args: Vec<Value>,
+    ) -> Result<R, TierError> {
+        let client = self.client.with_options(&self.options);
+        self.run(async {
+            match client
+                .evalsha::<R, _, _, _>(script.sha1().clone(), key.clone(), args.clone())
+                .await
+            {
+                Err(e) if e.details().starts_with("NOSCRIPT") => {
+                    let lua = script.lua().cloned().unwrap_or_default();
+                    client.eval(lua, key, args).await
+                }
+                result => result,
+            }
+        })
+        .await
+    }
+}
+
 /// Per-command options for a cache: fail at once while the connection is down instead of
 /// queueing (a queued write replayed after a reconnect could land after a later change),
 /// and one attempt.
@@ -415,7 +455,11 @@ if type(cur) ~= 'string' then return false end
 return {cur, redis.call('PTTL', KEYS[1])}
 "#
         .to_owned();
-        Self { put, slide, peek }
+        Self {
+            put: Script::from_lua(put),
+            slide: Script::from_lua(slide),
+            peek: Script::from_lua(peek),
+        }
     }
 }
 
@@ -433,12 +477,12 @@ where
         + 'static,
 {
     async fn get(&self, key: &StorageKey) -> Result<Option<Bytes>, TierError> {
-        self.run(
-            self.client
-                .with_options(&self.options)
-                .get::<Option<Bytes>, _>(self.redis_key(key)),
-        )
-        .await
+        // Without the fail-fast options of writes: a read queued across a reconnect and
+        // answered late is harmless (the deadline still bounds the wait, and the store
+        // stops reading the cache as soon as the connection is lost), and skipping the
+        // per-command options is measurably cheaper on the hot path.
+        self.run(self.client.get::<Option<Bytes>, _>(self.redis_key(key)))
+            .await
     }
 
     async fn insert(
@@ -472,11 +516,7 @@ where
             if require_present { "1" } else { "0" }.into(),
         ];
         let written: i64 = self
-            .run(self.client.with_options(&self.options).eval(
-                self.scripts.put.as_str(),
-                self.redis_key(key),
-                args,
-            ))
+            .script(&self.scripts.put, self.redis_key(key), args)
             .await?;
         Ok(written == 1)
     }
@@ -524,11 +564,7 @@ where
             px(ttl).into(),
         ];
         let slid: i64 = self
-            .run(self.client.with_options(&self.options).eval(
-                self.scripts.slide.as_str(),
-                self.redis_key(key),
-                args,
-            ))
+            .script(&self.scripts.slide, self.redis_key(key), args)
             .await?;
         Ok(slid == 1)
     }
@@ -555,11 +591,7 @@ where
 
     async fn peek(&self, key: &StorageKey) -> Result<Option<(Bytes, Duration)>, TierError> {
         let reply: Option<(Bytes, i64)> = self
-            .run(self.client.with_options(&self.options).eval(
-                self.scripts.peek.as_str(),
-                self.redis_key(key),
-                Vec::<Value>::new(),
-            ))
+            .script(&self.scripts.peek, self.redis_key(key), Vec::new())
             .await?;
         Ok(reply.map(|(bytes, pttl)| {
             // -1: no expiry (not written by this store); treat as just written.
