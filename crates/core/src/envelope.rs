@@ -288,11 +288,20 @@ pub fn encode_data(data: &Data, skip: &str) -> Result<Vec<u8>, rmp_serde::encode
 /// Decodes session data written by [`encode_data`]; `None` when the bytes are not a valid
 /// map (a corrupt entry is a miss, never a panic).
 pub fn decode_data(bytes: &[u8]) -> Option<Data> {
-    let mut de = rmp_serde::Deserializer::new(bytes);
+    // Straight from the slice (the `io::Read` reader copies every string through a buffer).
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(MAX_DEPTH);
     let data = serde::Deserialize::deserialize(&mut de).ok()?;
-    // Trailing bytes mean the entry is not what was written.
-    (de.into_inner().is_empty()).then_some(data)
+    // Trailing bytes mean the entry is not what was written: reading one more value must
+    // hit the end of the input.
+    match <serde::de::IgnoredAny as serde::Deserialize>::deserialize(&mut de) {
+        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            Some(data)
+        }
+        _ => None,
+    }
 }
 
 fn be_u64(bytes: &[u8], at: usize) -> u64 {

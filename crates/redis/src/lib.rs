@@ -329,7 +329,10 @@ where
         // The one deadline of every cache call. fred's own per-command timeout is not used:
         // it did not fire for a script while Redis was killed, and a second timer on every
         // read would cost the hot path for nothing.
-        match tokio::time::timeout(self.op_timeout, call).await {
+        //
+        // fred's command futures are large; boxed, the future that every `CacheTier` call
+        // returns stays small, so it is not copied around by the kilobyte on the hot path.
+        match tokio::time::timeout(self.op_timeout, Box::pin(call)).await {
             Ok(result) => result.map_err(|e| RedisCacheError::Command(e).into()),
             Err(_) => Err(RedisCacheError::Timeout(self.op_timeout).into()),
         }
