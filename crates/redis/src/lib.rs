@@ -71,8 +71,9 @@ pub enum RedisCacheError {
     /// `rediss://…` for TLS.
     #[error("invalid Redis URL: {0}")]
     Url(#[source] FredError),
-    /// The connection could not be established; check that Redis is running and reachable.
-    #[error("could not connect to Redis: {0}")]
+    /// Redis refused the connection's settings (a wrong password or user, an untrusted or
+    /// mismatched certificate): check the credentials and the TLS settings.
+    #[error("Redis refused the connection (check the password and TLS settings): {0}")]
     Connect(#[source] FredError),
     /// A Redis command failed.
     #[error("Redis command failed: {0}")]
@@ -80,13 +81,21 @@ pub enum RedisCacheError {
     /// A Redis command did not answer within the cache operation timeout.
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
+    /// The CA file for TLS could not be used; give a readable PEM file of CA certificates.
+    #[error("cannot use {path} as the TLS certificate authority: {reason}")]
+    Tls {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl From<RedisCacheError> for TierError {
     fn from(err: RedisCacheError) -> Self {
         let kind = match &err {
             RedisCacheError::Timeout(_) => TierErrorKind::Timeout,
-            RedisCacheError::Url(_) => TierErrorKind::Rejected,
+            RedisCacheError::Url(_) | RedisCacheError::Tls { .. } => TierErrorKind::Rejected,
             RedisCacheError::Connect(_) => TierErrorKind::Unavailable,
             RedisCacheError::Command(e) => kind_of(e),
         };
@@ -208,11 +217,31 @@ impl RedisCache<Client> {
     ///
     /// Redis being down is not an error: the client keeps connecting in the background
     /// (after waiting [`Self::STARTUP_WAIT`] for the first connection), and the store
-    /// serves sessions from the durable tier meanwhile. Only a malformed URL fails.
+    /// serves sessions from the durable tier meanwhile. A malformed URL, a refused password
+    /// or an untrusted certificate is an error.
     pub async fn connect(url: &str) -> Result<Self, RedisCacheError> {
+        Self::connect_with(url, &ConnectOptions::default()).await
+    }
+
+    /// [`RedisCache::connect`] with credentials or TLS settings that complete the URL (see
+    /// [`ConnectOptions`]).
+    pub async fn connect_with(
+        url: &str,
+        options: &ConnectOptions,
+    ) -> Result<Self, RedisCacheError> {
         let mut config = Config::from_url(url).map_err(RedisCacheError::Url)?;
         // Retry the first connection like any later one instead of failing `connect`.
         config.fail_fast = false;
+        if let Some(username) = &options.username {
+            config.username = Some(username.clone());
+        }
+        if let Some(password) = &options.password {
+            config.password = Some(password.clone());
+        }
+        #[cfg(feature = "tls")]
+        if let Some(ca_file) = &options.ca_file {
+            config.tls = Some(tls::with_ca_file(ca_file)?.into());
+        }
         let client = Builder::from_config(config)
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_secs(1);
@@ -225,19 +254,128 @@ impl RedisCache<Client> {
             .build()
             .map_err(RedisCacheError::Url)?;
         let cache = Self::new(client);
-        // Subscribe before the first connection attempt, so a failure is counted.
+        // Subscribe before the first connection attempt, so a failure is counted and seen.
         cache.watch_connections();
+        let mut errors = cache.client.error_rx();
         cache.client.connect();
-        if tokio::time::timeout(Self::STARTUP_WAIT, cache.client.wait_for_connect())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
+        let first = async {
+            tokio::select! {
+                connected = cache.client.wait_for_connect() => connected,
+                Ok((error, _)) = errors.recv() => Err(error),
+            }
+        };
+        match tokio::time::timeout(Self::STARTUP_WAIT, first).await {
+            Ok(Ok(())) => {}
+            // Settings that will never work: say so now rather than retry forever.
+            Ok(Err(e)) if refused(&e) => {
+                // Stop reconnecting (best effort: QUIT waits for a connection that never
+                // comes, so it is not waited for long).
+                let _ = tokio::time::timeout(Duration::from_millis(100), cache.client.quit()).await;
+                return Err(RedisCacheError::Connect(e));
+            }
+            Ok(Err(e)) => tracing::warn!(
+                error = %e,
                 "Redis is not reachable yet; connecting in the background (sessions are served \
                  from the durable tier meanwhile, if one is configured)"
-            );
+            ),
+            Err(_) => tracing::warn!(
+                "Redis did not answer within {:?}; connecting in the background (sessions are \
+                 served from the durable tier meanwhile, if one is configured)",
+                Self::STARTUP_WAIT
+            ),
         }
         Ok(cache)
+    }
+}
+
+/// Whether a connection error means the settings are wrong (and retrying cannot help),
+/// rather than that Redis is not reachable yet: a refused password or user, a certificate
+/// that is not trusted or does not match (rustls reports those as I/O errors, so their
+/// text is the only mark).
+fn refused(err: &FredError) -> bool {
+    let details = err.details();
+    matches!(
+        err.kind(),
+        ErrorKind::Auth | ErrorKind::Tls | ErrorKind::Config | ErrorKind::Url
+    ) || ["WRONGPASS", "NOAUTH", "NOPERM"]
+        .iter()
+        .any(|code| details.starts_with(code))
+        || (*err.kind() == ErrorKind::IO && details.to_ascii_lowercase().contains("certificate"))
+}
+
+/// Settings that complete a Redis URL, for deployments that keep secrets or certificates
+/// out of it (managed Redis guides give a host, a port and an AUTH string separately).
+/// `Debug` never shows the password.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// The ACL user name (overrides the URL's).
+    pub username: Option<String>,
+    /// The password or AUTH string (overrides the URL's).
+    pub password: Option<String>,
+    /// A PEM file of the certificate authorities to trust for `rediss://` instead of the
+    /// system's roots (a private CA, as managed Redis services use).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl ConnectOptions {
+    /// Sets the ACL user name.
+    pub fn with_username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// Sets the password or AUTH string.
+    pub fn with_password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Trusts the certificate authorities in this PEM file for TLS.
+    pub fn with_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+}
+
+impl fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+#[cfg(feature = "tls")]
+mod tls {
+    use std::path::Path;
+
+    use fred::rustls::{
+        self,
+        pki_types::{pem::PemObject, CertificateDer},
+    };
+
+    use crate::RedisCacheError;
+
+    /// A rustls client configuration that trusts the certificate authorities in `path`.
+    pub(crate) fn with_ca_file(path: &Path) -> Result<rustls::ClientConfig, RedisCacheError> {
+        let tls_error = |reason: String| RedisCacheError::Tls {
+            path: path.to_owned(),
+            reason,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| tls_error(e.to_string()))? {
+            let cert = cert.map_err(|e| tls_error(e.to_string()))?;
+            roots.add(cert).map_err(|e| tls_error(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(tls_error("no certificate in the file".to_owned()));
+        }
+        Ok(rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth())
     }
 }
 

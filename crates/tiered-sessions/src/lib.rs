@@ -9,7 +9,7 @@
 //! | `sqlite` | yes | [`SqliteDurable`], the SQLite durable tier of the embedded default |
 //! | `memory` | yes | [`MemoryCache`], the in-process cache tier of the embedded default |
 
-use std::{path::PathBuf, time::Duration};
+use std::{fmt, path::PathBuf, time::Duration};
 
 #[cfg(feature = "redis")]
 pub use fred;
@@ -23,7 +23,7 @@ pub use tiered_sessions_core::{
     TieredStoreBuilder, Updated, REVISION_KEY,
 };
 #[cfg(feature = "redis")]
-pub use tiered_sessions_redis::{RedisCache, RedisCacheError};
+pub use tiered_sessions_redis::{ConnectOptions, RedisCache, RedisCacheError};
 #[cfg(feature = "postgres")]
 pub use tiered_sessions_sqlx::PostgresDurable;
 #[cfg(feature = "sqlite")]
@@ -94,10 +94,13 @@ enum DurableSetting {
 /// production `REDIS_URL` and `DATABASE_URL` switch it to Redis and Postgres. Migrations
 /// of the durable tier run in `build` (they are idempotent and safe to run from several
 /// instances at once).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct Builder {
     redis_url: Option<String>,
+    redis_username: Option<String>,
+    redis_password: Option<String>,
+    redis_ca_file: Option<PathBuf>,
     durable: DurableSetting,
     key_prefix: Option<String>,
     idle_timeout: Duration,
@@ -109,6 +112,23 @@ pub struct Builder {
     owner_pointer: Option<String>,
     durable_timeout: Option<Duration>,
     epoch_poll_interval: Option<Duration>,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No secrets: URLs without their passwords, and no AUTH string.
+        f.debug_struct("Builder")
+            .field("redis_url", &self.redis_url.as_deref().map(redact))
+            .field("redis_username", &self.redis_username)
+            .field(
+                "redis_password",
+                &self.redis_password.as_ref().map(|_| "***"),
+            )
+            .field("redis_ca_file", &self.redis_ca_file)
+            .field("durable", &self.describe())
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Builder {
@@ -127,6 +147,9 @@ impl Builder {
     pub fn new() -> Self {
         Self {
             redis_url: None,
+            redis_username: None,
+            redis_password: None,
+            redis_ca_file: None,
             durable: DurableSetting::SqliteFile(PathBuf::from(Self::DEFAULT_SQLITE_FILE)),
             key_prefix: None,
             idle_timeout: TieredStoreBuilder::DEFAULT_IDLE_TIMEOUT,
@@ -141,17 +164,38 @@ impl Builder {
         }
     }
 
-    /// Reads `REDIS_URL` and `DATABASE_URL` from the environment; unset (or empty) ones
-    /// keep the embedded default.
+    /// Reads the process environment, see [`Builder::from_lookup`].
     pub fn from_env() -> Self {
-        let var = |name| {
-            std::env::var(name)
-                .ok()
-                .filter(|v: &String| !v.trim().is_empty())
-        };
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `lookup` (unset or blank ones keep the embedded default):
+    ///
+    /// - `REDIS_URL`: the Redis cache tier. When it is unset, the split variables that
+    ///   managed-Redis guides use: `REDISHOST`, `REDISPORT` (default 6379) and
+    ///   `REDIS_AUTH` (the AUTH string, kept out of URLs and logs);
+    /// - `REDIS_CA_FILE`: a PEM file of the CAs to trust for `rediss://`;
+    /// - `DATABASE_URL`: the durable tier.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let mut builder = Self::new();
         if let Some(url) = var("REDIS_URL") {
             builder = builder.with_redis_url(url);
+        } else if let Some(host) = var("REDISHOST") {
+            let host = host.trim();
+            let host = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]") // an IPv6 address
+            } else {
+                host.to_owned()
+            };
+            let port = var("REDISPORT").unwrap_or_else(|| "6379".to_owned());
+            builder = builder.with_redis_url(format!("redis://{host}:{}", port.trim()));
+            if let Some(auth) = var("REDIS_AUTH") {
+                builder = builder.with_redis_password(auth);
+            }
+        }
+        if let Some(path) = var("REDIS_CA_FILE") {
+            builder = builder.with_redis_ca_file(path);
         }
         if let Some(url) = var("DATABASE_URL") {
             builder = builder.with_database_url(url);
@@ -162,6 +206,26 @@ impl Builder {
     /// Uses Redis at `url` as the cache tier.
     pub fn with_redis_url(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
+        self
+    }
+
+    /// Sets the Redis ACL user, overriding the URL's.
+    pub fn with_redis_username(mut self, username: impl Into<String>) -> Self {
+        self.redis_username = Some(username.into());
+        self
+    }
+
+    /// Sets the Redis password or AUTH string, overriding the URL's. It never appears in
+    /// `Debug` output, logs or errors.
+    pub fn with_redis_password(mut self, password: impl Into<String>) -> Self {
+        self.redis_password = Some(password.into());
+        self
+    }
+
+    /// Trusts the certificate authorities in this PEM file for `rediss://` (instead of the
+    /// system's roots).
+    pub fn with_redis_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.redis_ca_file = Some(path.into());
         self
     }
 
@@ -309,7 +373,11 @@ impl Builder {
                     url: redact(url),
                     source,
                 };
-                let mut cache = RedisCache::connect(url).await.map_err(err)?;
+                let mut options = ConnectOptions::default();
+                options.username = self.redis_username.clone();
+                options.password = self.redis_password.clone();
+                options.ca_file = self.redis_ca_file.clone();
+                let mut cache = RedisCache::connect_with(url, &options).await.map_err(err)?;
                 if let Some(prefix) = &self.key_prefix {
                     cache = cache.with_key_prefix(prefix.clone());
                 }

@@ -5,6 +5,8 @@
 //! | `HOST` | `127.0.0.1` | address to listen on (`0.0.0.0` in a container) |
 //! | `PORT` | `3000` | port to listen on (container platforms set it) |
 //! | `REDIS_URL` | unset: in-process cache | Redis cache tier, e.g. `redis://127.0.0.1:6379` |
+//! | `REDISHOST`, `REDISPORT`, `REDIS_AUTH` | unset | the same, split as managed-Redis guides give it (used when `REDIS_URL` is unset) |
+//! | `REDIS_CA_FILE` | unset: system roots | PEM file of the CAs to trust for `rediss://` |
 //! | `DATABASE_URL` | unset: SQLite file `tiered-sessions.sqlite` | durable tier, `postgres://…` or `sqlite://…` |
 //! | `SESSION_IDLE_SECS` | `1800` | idle timeout: a session unused this long expires |
 //! | `COOKIE_SECURE` | `false` | `true` marks the cookie `Secure` (set it behind HTTPS) |
@@ -21,17 +23,15 @@ pub struct ConfigError {
     expected: &'static str,
 }
 
-/// What `main` needs to start the app.
+/// What `main` needs to start the app. `Debug` shows no secrets.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Address to listen on.
     pub host: String,
     /// Port to listen on.
     pub port: u16,
-    /// Redis URL of the cache tier, if any.
-    pub redis_url: Option<String>,
-    /// URL of the durable tier, if any.
-    pub database_url: Option<String>,
+    /// The tiers (`REDIS_URL` or `REDISHOST`…, `DATABASE_URL`), before the app's settings.
+    pub tiers: tiered_sessions::Builder,
     /// The sessions' idle timeout.
     pub idle_timeout: Duration,
     /// Whether the session cookie is `Secure`.
@@ -86,8 +86,7 @@ impl Config {
         Ok(Config {
             host: var("HOST").unwrap_or_else(|| "127.0.0.1".to_owned()),
             port,
-            redis_url: var("REDIS_URL"),
-            database_url: var("DATABASE_URL"),
+            tiers: tiered_sessions::Builder::from_lookup(&lookup),
             idle_timeout,
             cookie_secure,
         })
@@ -97,14 +96,8 @@ impl Config {
     /// default without them), the idle timeout, and the owner pointer that lets the
     /// store list a user's sessions.
     pub fn store(&self) -> tiered_sessions::Builder {
-        let mut builder = tiered_sessions::Builder::new();
-        if let Some(url) = &self.redis_url {
-            builder = builder.with_redis_url(url.clone());
-        }
-        if let Some(url) = &self.database_url {
-            builder = builder.with_database_url(url.clone());
-        }
-        builder
+        self.tiers
+            .clone()
             .with_idle_timeout(self.idle_timeout)
             .with_owner_pointer(crate::OWNER_POINTER)
     }
@@ -128,8 +121,9 @@ mod tests {
         assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 3000));
         assert_eq!(c.idle_timeout, Duration::from_secs(1800));
         assert!(!c.cookie_secure);
-        assert!(c.redis_url.is_none() && c.database_url.is_none());
-        assert!(c.store().describe().contains("in-process memory"));
+        let tiers = c.store().describe();
+        assert!(tiers.contains("in-process memory"), "{tiers}");
+        assert!(tiers.contains("SQLite file"), "{tiers}");
     }
 
     #[test]
@@ -146,8 +140,25 @@ mod tests {
         assert_eq!((c.host.as_str(), c.port), ("0.0.0.0", 8080));
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert!(c.cookie_secure);
-        assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
-        assert!(c.database_url.is_none());
+        let tiers = c.store().describe();
+        assert!(tiers.contains("Redis at redis://127.0.0.1:6379"), "{tiers}");
+        assert!(tiers.contains("SQLite file"), "DATABASE_URL blank: {tiers}");
+    }
+
+    #[test]
+    fn managed_redis_variables_and_no_secret_in_debug() {
+        let c = config(&[
+            ("REDISHOST", "10.0.0.7"),
+            ("REDISPORT", "6380"),
+            ("REDIS_AUTH", "s3cret-auth-string"),
+        ])
+        .expect("config");
+        let tiers = c.store().describe();
+        assert!(tiers.contains("Redis at redis://10.0.0.7:6380"), "{tiers}");
+        let shown = format!("{c:?} {tiers}");
+        assert!(!shown.contains("s3cret-auth-string"), "{shown}");
+        let c = config(&[("REDIS_URL", "redis://:hunter2@10.0.0.7:6379")]).expect("config");
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]
