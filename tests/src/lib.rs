@@ -9,6 +9,7 @@
 //! - [`PgStats`]: transactions, row changes and statements of one database.
 //! - [`poll_until`] / [`poll_some`]: wait for a condition with a deadline.
 //! - [`ChromeDriver`]: headless Chromium sessions for end-to-end tests.
+//! - [`RedisCluster`]: six private nodes joined into a Redis Cluster.
 //! - [`FaultProxy`]: a TCP proxy between the store and a server that injects faults
 //!   (delay, blackhole, reset, refuse), undone by a guard on drop.
 //!
@@ -32,6 +33,7 @@
 //! ```
 
 mod browser;
+mod cluster;
 mod net;
 mod pg_stats;
 mod poll;
@@ -41,6 +43,7 @@ mod proxy;
 mod redis;
 
 pub use browser::{ChromeDriver, CHROMIUM_ARGS};
+pub use cluster::RedisCluster;
 pub use net::free_port;
 pub use pg_stats::{pg_stats, PgStats, SESSIONS_TABLE};
 pub use poll::{poll_some, poll_until};

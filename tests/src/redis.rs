@@ -187,6 +187,11 @@ impl RedisServer {
         }
     }
 
+    /// Whether the server process runs (it was not killed, or was restarted since).
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
     /// `kill -STOP`: the server hangs; clients time out instead of being refused.
     pub fn stop_process(&self) {
         signal(self.pid, "STOP");

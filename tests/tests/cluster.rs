@@ -1,0 +1,282 @@
+//! Redis Cluster: a private six-node cluster (three masters, three replicas) on loopback.
+//! The store works on it unchanged (every command touches one key), and a master killed or
+//! failed over under a read load costs no request when Postgres is configured.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand};
+use tiered_sessions::{
+    tower_sessions::{
+        session::{Id, Record},
+        SessionStore,
+    },
+    PostgresDurable, RedisCache, TieredStore,
+};
+use tiered_sessions_tests::{poll_until, shared_postgres, RedisCluster};
+use time::OffsetDateTime;
+use tokio::sync::Mutex;
+
+/// One cluster at a time: six servers each, and failovers are timed.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+async fn store(cluster: &RedisCluster, durable: bool) -> TieredStore {
+    let cache = RedisCache::connect(&cluster.url())
+        .await
+        .expect("a valid cluster URL");
+    let mut builder = TieredStore::builder(cache).with_owner_pointer("/user");
+    if durable {
+        let url = shared_postgres().await.create_database().await;
+        let durable = PostgresDurable::connect(&url).await.expect("Postgres");
+        durable.migrate().await.expect("migrate");
+        builder = builder.with_durable(durable);
+    }
+    builder.build().expect("store")
+}
+
+fn record(n: i64, user: &str) -> Record {
+    Record {
+        id: Id::default(),
+        data: [
+            ("n".to_owned(), serde_json::json!(n)),
+            ("user".to_owned(), serde_json::json!(user)),
+        ]
+        .into_iter()
+        .collect(),
+        expiry_date: OffsetDateTime::now_utc() + time::Duration::minutes(30),
+    }
+}
+
+fn n_of(record: &Record) -> Option<i64> {
+    record.data.get("n")?.as_i64()
+}
+
+async fn keys_per_master(cluster: &RedisCluster) -> Vec<u64> {
+    let mut counts = Vec::new();
+    for i in cluster.masters().await {
+        let n: u64 = cluster.nodes()[i]
+            .admin()
+            .custom(
+                CustomCommand::new_static("DBSIZE", ClusterHash::Random, false),
+                Vec::<Value>::new(),
+            )
+            .await
+            .expect("DBSIZE");
+        counts.push(n);
+    }
+    counts
+}
+
+/// Sessions spread over every master: create, read, change, per-user listing and revoke,
+/// logout, with and without Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_works_on_a_cluster() {
+    let _serial = SERIAL.lock().await;
+    let cluster = RedisCluster::start().await;
+    for durable in [true, false] {
+        let store = store(&cluster, durable).await;
+        let mut ids = Vec::new();
+        for i in 0..200 {
+            let mut record = record(i, if i % 2 == 0 { "alice" } else { "bob" });
+            store.create(&mut record).await.expect("create");
+            ids.push(record.id);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let mut loaded = store.load(id).await.expect("load").expect("live");
+            assert_eq!(n_of(&loaded), Some(i as i64));
+            loaded.data.insert("n".to_owned(), (i as i64 + 1000).into());
+            store.save(&loaded).await.expect("save");
+            let again = store.load(id).await.expect("load").expect("live");
+            assert_eq!(n_of(&again), Some(i as i64 + 1000));
+        }
+        assert!(!store.cache_bypassed());
+        let counts = keys_per_master(&cluster).await;
+        assert!(
+            counts.iter().filter(|&&n| n > 0).count() == 3,
+            "sessions on every master: {counts:?}"
+        );
+        let alice = store.sessions_of("alice").await.expect("list");
+        assert!(alice.len() >= 100, "{} of alice's sessions", alice.len());
+        assert!(store.revoke("alice", &alice[0].key).await.expect("revoke"));
+        let ended = store.revoke_all("bob", None).await.expect("revoke all");
+        assert_eq!(ended, 100);
+        let mut live = 0;
+        for id in &ids {
+            if store.load(id).await.expect("load").is_some() {
+                live += 1;
+            }
+        }
+        assert_eq!(live, 99, "alice's sessions but the revoked one");
+        for id in &ids {
+            store.delete(id).await.expect("logout");
+            assert!(store.load(id).await.expect("load").is_none());
+        }
+    }
+}
+
+struct Reads {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    first_failure: Mutex<Option<Instant>>,
+    last_failure: Mutex<Option<Instant>>,
+}
+
+/// Reads sessions from 32 tasks until `stop`; counts successes and failures.
+async fn read_load(store: &TieredStore, ids: Arc<Vec<Id>>, stop: Arc<AtomicBool>) -> Arc<Reads> {
+    let reads = Arc::new(Reads {
+        ok: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        first_failure: Mutex::new(None),
+        last_failure: Mutex::new(None),
+    });
+    for t in 0..32 {
+        let (store, ids, stop, reads) = (store.clone(), ids.clone(), stop.clone(), reads.clone());
+        tokio::spawn(async move {
+            let mut i = t;
+            while !stop.load(Ordering::Relaxed) {
+                i = (i + 7) % ids.len();
+                let ok =
+                    matches!(store.load(&ids[i]).await, Ok(Some(r)) if n_of(&r) == Some(i as i64));
+                if ok {
+                    reads.ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    reads.failed.fetch_add(1, Ordering::Relaxed);
+                    let now = Instant::now();
+                    reads.first_failure.lock().await.get_or_insert(now);
+                    *reads.last_failure.lock().await = Some(now);
+                }
+            }
+        });
+    }
+    reads
+}
+
+/// A master fails (killed, or failed over by hand) under a read load. With Postgres:
+/// no request fails. Redis only: requests fail during the failover window only. Prints
+/// the window and the counts.
+async fn master_fails_under_load(durable: bool, how: &str) {
+    let mut cluster = RedisCluster::start().await;
+    let store = store(&cluster, durable).await;
+    let mut ids = Vec::new();
+    for i in 0..2000 {
+        let mut record = record(i, "carol");
+        store.create(&mut record).await.expect("create");
+        ids.push(record.id);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = read_load(&store, Arc::new(ids), stop.clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let master = cluster.masters().await[0];
+    let began = Instant::now();
+    match how {
+        "kill" => cluster.node_mut(master).kill(),
+        _ => {
+            // A manual failover: run on a replica of that master.
+            let master_id: String = cluster.nodes()[master]
+                .admin()
+                .custom(
+                    CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
+                    vec!["MYID"],
+                )
+                .await
+                .expect("CLUSTER MYID");
+            let replicas: String = cluster.nodes()[master]
+                .admin()
+                .custom(
+                    CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
+                    vec!["REPLICAS".to_owned(), master_id],
+                )
+                .await
+                .map(|v: Vec<String>| v.join("\n"))
+                .expect("CLUSTER REPLICAS");
+            let port = replicas
+                .split_whitespace()
+                .nth(1)
+                .and_then(|a| a.split('@').next())
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .expect("a replica address");
+            let replica = cluster
+                .nodes()
+                .iter()
+                .find(|n| n.port() == port)
+                .expect("the replica is ours");
+            let _: Value = replica
+                .admin()
+                .custom(
+                    CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
+                    vec!["FAILOVER"],
+                )
+                .await
+                .expect("CLUSTER FAILOVER");
+        }
+    }
+    let healed = poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async { cluster.all_ok().await && cluster.masters().await.len() == 3 },
+    )
+    .await;
+    assert!(healed, "the cluster failed over within 30 s");
+    let window = began.elapsed();
+    let back = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || async { !store.cache_bypassed() },
+    )
+    .await;
+    assert!(back, "the store is back on the cluster");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = (
+        reads.ok.load(Ordering::Relaxed),
+        reads.failed.load(Ordering::Relaxed),
+    );
+    let failing = match (
+        *reads.first_failure.lock().await,
+        *reads.last_failure.lock().await,
+    ) {
+        (Some(first), Some(last)) => format!("{:?}", last - first),
+        _ => "none".to_owned(),
+    };
+    println!(
+        "| master {how}, {} | {} | {failed} | failover window {window:?} | failures over {failing} |",
+        if durable { "Redis + Postgres" } else { "Redis only" },
+        ok + failed,
+    );
+    if durable {
+        assert_eq!(failed, 0, "no request fails with Postgres configured");
+    } else if let (Some(first), Some(last)) = (
+        *reads.first_failure.lock().await,
+        *reads.last_failure.lock().await,
+    ) {
+        assert!(
+            first >= began && last <= began + window + Duration::from_secs(2),
+            "Redis-only failures stay inside the failover window"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_costs_no_request_with_postgres() {
+    let _serial = SERIAL.lock().await;
+    master_fails_under_load(true, "kill").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_fails_redis_only_requests_during_the_failover_only() {
+    let _serial = SERIAL.lock().await;
+    master_fails_under_load(false, "kill").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_failover_costs_no_request_with_postgres() {
+    let _serial = SERIAL.lock().await;
+    master_fails_under_load(true, "failover").await;
+}
