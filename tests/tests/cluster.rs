@@ -27,13 +27,20 @@ use tokio::sync::Mutex;
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
 async fn store(cluster: &RedisCluster, durable: bool) -> TieredStore {
+    let url = match durable {
+        true => Some(shared_postgres().await.create_database().await),
+        false => None,
+    };
+    store_on(cluster, url.as_deref()).await
+}
+
+async fn store_on(cluster: &RedisCluster, database_url: Option<&str>) -> TieredStore {
     let cache = RedisCache::connect(&cluster.url())
         .await
         .expect("a valid cluster URL");
     let mut builder = TieredStore::builder(cache).with_owner_pointer("/user");
-    if durable {
-        let url = shared_postgres().await.create_database().await;
-        let durable = PostgresDurable::connect(&url).await.expect("Postgres");
+    if let Some(url) = database_url {
+        let durable = PostgresDurable::connect(url).await.expect("Postgres");
         durable.migrate().await.expect("migrate");
         builder = builder.with_durable(durable);
     }
@@ -279,4 +286,116 @@ async fn a_killed_master_fails_redis_only_requests_during_the_failover_only() {
 async fn a_manual_failover_costs_no_request_with_postgres() {
     let _serial = SERIAL.lock().await;
     master_fails_under_load(true, "failover").await;
+}
+
+/// A logout whose tombstone never reached the replica (stopped while it was written), then
+/// the master killed and that replica promoted: Redis has the logged-out session again, and
+/// the store, with Postgres, still never serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_lost_in_a_failover_never_revives_a_logout() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = RedisCluster::start().await;
+    let database_url = shared_postgres().await.create_database().await;
+    let store = store_on(&cluster, Some(&database_url)).await;
+    let mut record = record(1, "dave");
+    store.create(&mut record).await.expect("create");
+    let id = record.id;
+    assert!(store.load(&id).await.expect("load").is_some());
+
+    // The master holding the session, and its replica (in sync: it has the record).
+    let cache = RedisCache::connect(&cluster.url()).await.expect("cluster");
+    let key = cache.redis_key(&tiered_sessions::StorageKey::from_id(&id));
+    let mut master = None;
+    for i in cluster.masters().await {
+        let here: Result<Option<Vec<u8>>, _> = cluster.nodes()[i].admin().get(&key).await;
+        if matches!(here, Ok(Some(_))) {
+            master = Some(i);
+        }
+    }
+    let master = master.expect("a master holds the session");
+    let master_id: String = cluster.nodes()[master]
+        .admin()
+        .custom(
+            CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
+            vec!["MYID"],
+        )
+        .await
+        .expect("CLUSTER MYID");
+    let replica = {
+        let mut found = None;
+        for (i, node) in cluster.nodes().iter().enumerate() {
+            let info: String = node
+                .admin()
+                .custom(
+                    CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
+                    vec!["NODES"],
+                )
+                .await
+                .expect("CLUSTER NODES");
+            let me = info
+                .lines()
+                .find(|l| l.contains("myself"))
+                .unwrap_or_default();
+            if me.contains("slave") && me.contains(&master_id) {
+                found = Some(i);
+            }
+        }
+        found.expect("the master has a replica")
+    };
+
+    // Stop the replica and cut its link (bytes already sent would still reach it), log
+    // out (the tombstone reaches the master only), kill the master, let the replica run
+    // again: it takes over without the tombstone.
+    cluster.nodes()[replica].stop_process();
+    let _: Value = cluster.nodes()[master]
+        .admin()
+        .custom(
+            CustomCommand::new_static("CLIENT", ClusterHash::Random, false),
+            vec!["KILL", "TYPE", "replica"],
+        )
+        .await
+        .expect("CLIENT KILL TYPE replica");
+    store.delete(&id).await.expect("logout");
+    cluster.node_mut(master).kill();
+    cluster.nodes()[replica].cont_process();
+    let promoted = poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async { cluster.all_ok().await && cluster.masters().await.contains(&replica) },
+    )
+    .await;
+    assert!(promoted, "the stale replica took over");
+    let revived: Option<Vec<u8>> = cluster.nodes()[replica]
+        .admin()
+        .get(&key)
+        .await
+        .expect("GET on the new master");
+    let revived = revived.expect("the new master has the logged-out session back");
+    assert!(matches!(
+        tiered_sessions_core::envelope::decode(
+            &revived,
+            &tiered_sessions::StorageKey::from_id(&id)
+        ),
+        Ok(tiered_sessions_core::envelope::Entry::Record(_))
+    ));
+
+    let back = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async { !store.cache_bypassed() && matches!(store.load(&id).await, Ok(None)) },
+    )
+    .await;
+    assert!(
+        back,
+        "the running instance never serves the logged-out session"
+    );
+    for _ in 0..20 {
+        assert_eq!(store.load(&id).await.expect("load"), None);
+    }
+    let fresh = store_on(&cluster, Some(&database_url)).await;
+    assert_eq!(
+        fresh.load(&id).await.expect("load"),
+        None,
+        "nor does a new instance"
+    );
 }
