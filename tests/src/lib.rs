@@ -10,6 +10,7 @@
 //! - [`poll_until`] / [`poll_some`]: wait for a condition with a deadline.
 //! - [`ChromeDriver`]: headless Chromium sessions for end-to-end tests.
 //! - [`RedisCluster`]: six private nodes joined into a Redis Cluster.
+//! - [`RedisSentinels`]: a master, a replica and three sentinels.
 //! - [`FaultProxy`]: a TCP proxy between the store and a server that injects faults
 //!   (delay, blackhole, reset, refuse), undone by a guard on drop.
 //!
@@ -41,6 +42,7 @@ mod postgres;
 mod process;
 mod proxy;
 mod redis;
+mod sentinel;
 
 pub use browser::{ChromeDriver, CHROMIUM_ARGS};
 pub use cluster::RedisCluster;
@@ -50,6 +52,7 @@ pub use poll::{poll_some, poll_until};
 pub use postgres::{shared_postgres, PostgresCluster};
 pub use proxy::{Fault, FaultGuard, FaultProxy};
 pub use redis::RedisServer;
+pub use sentinel::{RedisSentinels, SENTINEL_SERVICE};
 
 #[cfg(test)]
 mod tests;

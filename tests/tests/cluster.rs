@@ -399,3 +399,83 @@ async fn a_delete_lost_in_a_failover_never_revives_a_logout() {
         "nor does a new instance"
     );
 }
+
+/// Sentinel: a master, a replica and three sentinels. The store reaches the master through
+/// the sentinels, and a `SENTINEL FAILOVER` under a read load costs no request with
+/// Postgres configured; afterwards the store works on the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_costs_no_request_with_postgres() {
+    let _serial = SERIAL.lock().await;
+    let sentinels = tiered_sessions_tests::RedisSentinels::start().await;
+    let database_url = shared_postgres().await.create_database().await;
+    let cache = RedisCache::connect(&sentinels.url())
+        .await
+        .expect("a valid sentinel URL");
+    let durable = PostgresDurable::connect(&database_url)
+        .await
+        .expect("Postgres");
+    durable.migrate().await.expect("migrate");
+    let store = TieredStore::builder(cache)
+        .with_durable(durable)
+        .build()
+        .expect("store");
+    let mut ids = Vec::new();
+    for i in 0..500 {
+        let mut record = record(i, "erin");
+        store.create(&mut record).await.expect("create");
+        ids.push(record.id);
+    }
+    let before = sentinels.master_port().await.expect("a master");
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = read_load(&store, Arc::new(ids.clone()), stop.clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let began = Instant::now();
+    sentinels.failover();
+    let switched = poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async { sentinels.master_port().await.is_some_and(|p| p != before) },
+    )
+    .await;
+    assert!(switched, "the sentinels promoted the replica within 30 s");
+    let window = began.elapsed();
+    let on_new_master = poll_until(
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || async {
+            let mut record = record(7, "erin");
+            if store.cache_bypassed() || store.create(&mut record).await.is_err() {
+                return false;
+            }
+            // The new session is in the new master, read directly.
+            let Some(port) = sentinels.master_port().await else {
+                return false;
+            };
+            let Ok(direct) = RedisCache::connect(&format!("redis://127.0.0.1:{port}")).await else {
+                return false;
+            };
+            let key = tiered_sessions::StorageKey::from_id(&record.id);
+            matches!(
+                tiered_sessions::CacheTier::get(&direct, &key).await,
+                Ok(Some(_))
+            )
+        },
+    )
+    .await;
+    assert!(on_new_master, "the store writes to the new master");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = (
+        reads.ok.load(Ordering::Relaxed),
+        reads.failed.load(Ordering::Relaxed),
+    );
+    println!(
+        "| SENTINEL FAILOVER, Redis + Postgres | {} | {failed} | failover window {window:?} |",
+        ok + failed
+    );
+    assert_eq!(failed, 0, "no request fails with Postgres configured");
+    for (i, id) in ids.iter().enumerate() {
+        let loaded = store.load(id).await.expect("load").expect("live");
+        assert_eq!(n_of(&loaded), Some(i as i64));
+    }
+}
