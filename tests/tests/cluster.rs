@@ -11,7 +11,7 @@ use std::{
 };
 
 use fred::prelude::*;
-use fred::types::{ClusterHash, CustomCommand};
+use fred::types::{ClusterHash, CustomCommand, FromValue};
 use tiered_sessions::{
     tower_sessions::{
         session::{Id, Record},
@@ -19,7 +19,7 @@ use tiered_sessions::{
     },
     PostgresDurable, RedisCache, TieredStore,
 };
-use tiered_sessions_tests::{poll_until, shared_postgres, RedisCluster};
+use tiered_sessions_tests::{poll_until, shared_postgres, RedisCluster, RedisServer};
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
@@ -58,6 +58,17 @@ fn record(n: i64, user: &str) -> Record {
         .collect(),
         expiry_date: OffsetDateTime::now_utc() + time::Duration::minutes(30),
     }
+}
+
+/// `CLUSTER args…` on one node.
+async fn cluster_command<R: FromValue>(node: &RedisServer, args: &[&str]) -> R {
+    node.admin()
+        .custom(
+            CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
+            args.to_vec(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("CLUSTER {args:?}: {e}"))
 }
 
 fn n_of(record: &Record) -> Option<i64> {
@@ -185,23 +196,10 @@ async fn master_fails_under_load(durable: bool, how: &str) {
         "kill" => cluster.node_mut(master).kill(),
         _ => {
             // A manual failover: run on a replica of that master.
-            let master_id: String = cluster.nodes()[master]
-                .admin()
-                .custom(
-                    CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
-                    vec!["MYID"],
-                )
-                .await
-                .expect("CLUSTER MYID");
-            let replicas: String = cluster.nodes()[master]
-                .admin()
-                .custom(
-                    CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
-                    vec!["REPLICAS".to_owned(), master_id],
-                )
-                .await
-                .map(|v: Vec<String>| v.join("\n"))
-                .expect("CLUSTER REPLICAS");
+            let master_id: String = cluster_command(&cluster.nodes()[master], &["MYID"]).await;
+            let replicas: Vec<String> =
+                cluster_command(&cluster.nodes()[master], &["REPLICAS", &master_id]).await;
+            let replicas = replicas.join("\n");
             let port = replicas
                 .split_whitespace()
                 .nth(1)
@@ -214,14 +212,7 @@ async fn master_fails_under_load(durable: bool, how: &str) {
                 .iter()
                 .find(|n| n.port() == port)
                 .expect("the replica is ours");
-            let _: Value = replica
-                .admin()
-                .custom(
-                    CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
-                    vec!["FAILOVER"],
-                )
-                .await
-                .expect("CLUSTER FAILOVER");
+            let _: Value = cluster_command(replica, &["FAILOVER"]).await;
         }
     }
     let healed = poll_until(
@@ -313,25 +304,11 @@ async fn a_delete_lost_in_a_failover_never_revives_a_logout() {
         }
     }
     let master = master.expect("a master holds the session");
-    let master_id: String = cluster.nodes()[master]
-        .admin()
-        .custom(
-            CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
-            vec!["MYID"],
-        )
-        .await
-        .expect("CLUSTER MYID");
+    let master_id: String = cluster_command(&cluster.nodes()[master], &["MYID"]).await;
     let replica = {
         let mut found = None;
         for (i, node) in cluster.nodes().iter().enumerate() {
-            let info: String = node
-                .admin()
-                .custom(
-                    CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
-                    vec!["NODES"],
-                )
-                .await
-                .expect("CLUSTER NODES");
+            let info: String = cluster_command(node, &["NODES"]).await;
             let me = info
                 .lines()
                 .find(|l| l.contains("myself"))

@@ -854,9 +854,9 @@ impl TieredStore {
     /// the epoch is bumped, so nothing cached before counts.
     async fn sync_epoch(&self) -> Result<(), Error> {
         let inner = &*self.inner;
-        let Some(durable) = &inner.durable else {
+        if inner.durable.is_none() {
             return Ok(());
-        };
+        }
         let identity = if self.cache_allowed() {
             let identity = inner.cache.identity().await;
             self.cache_outcome(&identity, "identity");
@@ -864,8 +864,18 @@ impl TieredStore {
         } else {
             None
         };
+        self.observe_epoch(identity.as_deref()).await
+    }
+
+    /// Reads the durable epoch into this instance, first recording `identity` (the cache
+    /// server answering now), which bumps the epoch if the server was replaced.
+    async fn observe_epoch(&self, identity: Option<&str>) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let Some(durable) = &inner.durable else {
+            return Ok(());
+        };
         let before = self.epoch();
-        let epoch = match &identity {
+        let epoch = match identity {
             Some(identity) => {
                 self.durable_op("observe_cache", durable.observe_cache(identity))
                     .await?
@@ -934,7 +944,7 @@ impl TieredStore {
         if !probe(inner.cache.ping()).await.is_ok() {
             return false;
         }
-        if let Some(durable) = &inner.durable {
+        if inner.durable.is_some() {
             if inner.bump_owed.load(Ordering::Acquire) {
                 if self.bump_epoch("owed").await.is_err() {
                     return false;
@@ -945,18 +955,8 @@ impl TieredStore {
                 Ok(Ok(identity)) => identity,
                 _ => return false,
             };
-            let observed = match &identity {
-                Some(identity) => {
-                    self.durable_op("observe_cache", durable.observe_cache(identity))
-                        .await
-                }
-                None => self.durable_op("epoch", durable.epoch()).await,
-            };
-            match observed {
-                Ok(epoch) => {
-                    inner.epoch.fetch_max(epoch, Ordering::AcqRel);
-                }
-                Err(_) => return false,
+            if self.observe_epoch(identity.as_deref()).await.is_err() {
+                return false;
             }
         }
         inner.breaker.close(disconnects);

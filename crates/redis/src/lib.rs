@@ -288,73 +288,6 @@ impl RedisCache<Client> {
     }
 }
 
-/// The `run_id` in an `INFO server` reply.
-fn run_id(info: &str) -> Option<&str> {
-    info.lines()
-        .find_map(|line| line.strip_prefix("run_id:"))
-        .map(str::trim)
-}
-
-impl<C> RedisCache<C>
-where
-    C: ClientLike
-        + KeysInterface
-        + LuaInterface
-        + SetsInterface
-        + ConnectionEvents
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-{
-    /// On Redis Cluster, the identity is every live master's address and `run_id`: it
-    /// changes when a master restarts (perhaps from an older snapshot) or a replica takes
-    /// over (which may have missed writes), and not with the node a command happens to hit.
-    async fn cluster_identity(&self) -> Result<String, TierError> {
-        let cluster_nodes = CustomCommand::new_static("CLUSTER", ClusterHash::Random, false);
-        let nodes: String = self
-            .run(
-                self.client
-                    .with_options(&self.options)
-                    .custom(cluster_nodes, vec![Value::from("NODES")]),
-            )
-            .await?;
-        let mut masters = Vec::new();
-        for line in nodes.lines() {
-            let mut fields = line.split_whitespace().skip(1);
-            let (Some(address), Some(flags)) = (fields.next(), fields.next()) else {
-                continue;
-            };
-            let flags: Vec<&str> = flags.split(',').collect();
-            if !flags.contains(&"master") || flags.iter().any(|f| f.starts_with("fail")) {
-                continue;
-            }
-            let address = address.split(['@', ',']).next().unwrap_or_default();
-            let Some((host, port)) = address.rsplit_once(':') else {
-                continue;
-            };
-            let Ok(port) = port.parse::<u16>() else {
-                continue;
-            };
-            let options = Options {
-                cluster_node: Some(fred::types::config::Server::new(host, port)),
-                ..self.options.clone()
-            };
-            let info = CustomCommand::new_static("INFO", ClusterHash::Random, false);
-            let text: String = self
-                .run(
-                    self.client
-                        .with_options(&options)
-                        .custom(info, vec![Value::from("server")]),
-                )
-                .await?;
-            masters.push(format!("{address}={}", run_id(&text).unwrap_or("?")));
-        }
-        masters.sort();
-        Ok(masters.join(","))
-    }
-}
-
 /// Whether a connection error means the settings are wrong (and retrying cannot help),
 /// rather than that Redis is not reachable yet: a refused password or user, a certificate
 /// that is not trusted or does not match (rustls reports those as I/O errors, so their
@@ -542,20 +475,7 @@ where
             Err(_) => Err(RedisCacheError::Timeout(self.op_timeout).into()),
         }
     }
-}
 
-impl<C> RedisCache<C>
-where
-    C: ClientLike
-        + KeysInterface
-        + LuaInterface
-        + SetsInterface
-        + ConnectionEvents
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-{
     /// Runs a script on one key by its SHA-1 (`EVALSHA`), sending the source (`EVAL`) only
     /// when the server does not have it yet; both under one deadline.
     async fn script<R: FromValue>(
@@ -578,6 +498,66 @@ where
             }
         })
         .await
+    }
+
+    /// On Redis Cluster, the identity is every live master's address and `run_id`: it
+    /// changes when a master restarts (perhaps from an older snapshot) or a replica takes
+    /// over (which may have missed writes), and not with the node a command happens to hit.
+    async fn cluster_identity(&self) -> Result<String, TierError> {
+        let cluster_nodes = CustomCommand::new_static("CLUSTER", ClusterHash::Random, false);
+        let nodes: String = self
+            .run(
+                self.client
+                    .with_options(&self.options)
+                    .custom(cluster_nodes, vec![Value::from("NODES")]),
+            )
+            .await?;
+        let mut masters = Vec::new();
+        for line in nodes.lines() {
+            let mut fields = line.split_whitespace().skip(1);
+            let (Some(address), Some(flags)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            let flags: Vec<&str> = flags.split(',').collect();
+            if !flags.contains(&"master") || flags.iter().any(|f| f.starts_with("fail")) {
+                continue;
+            }
+            let address = address.split(['@', ',']).next().unwrap_or_default();
+            let Some((host, port)) = address.rsplit_once(':') else {
+                continue;
+            };
+            let Ok(port) = port.parse::<u16>() else {
+                continue;
+            };
+            let node = fred::types::config::Server::new(host, port);
+            let run_id = self.run_id(Some(node)).await?;
+            masters.push(format!("{address}={}", run_id.as_deref().unwrap_or("?")));
+        }
+        masters.sort();
+        Ok(masters.join(","))
+    }
+
+    /// The `run_id` of the server answering `INFO server`: `node`, or any one.
+    async fn run_id(
+        &self,
+        node: Option<fred::types::config::Server>,
+    ) -> Result<Option<String>, TierError> {
+        let options = Options {
+            cluster_node: node,
+            ..self.options.clone()
+        };
+        let info = CustomCommand::new_static("INFO", ClusterHash::Random, false);
+        let text: String = self
+            .run(
+                self.client
+                    .with_options(&options)
+                    .custom(info, vec![Value::from("server")]),
+            )
+            .await?;
+        Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned()))
     }
 }
 
@@ -781,15 +761,7 @@ where
         if self.client.is_clustered() {
             return self.cluster_identity().await.map(Some);
         }
-        let info = CustomCommand::new_static("INFO", ClusterHash::Random, false);
-        let text: String = self
-            .run(
-                self.client
-                    .with_options(&self.options)
-                    .custom(info, vec![Value::from("server")]),
-            )
-            .await?;
-        Ok(run_id(&text).map(str::to_owned))
+        self.run_id(None).await
     }
 
     fn disconnects(&self) -> u64 {
