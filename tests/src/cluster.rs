@@ -152,4 +152,127 @@ impl RedisCluster {
         }
         masters
     }
+
+    /// `CLUSTER args…` on node `i`.
+    async fn cluster(&self, i: usize, args: Vec<Value>) -> Value {
+        self.nodes[i]
+            .admin()
+            .custom(
+                CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
+                args,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("CLUSTER on node {i}: {e}"))
+    }
+
+    /// The node id of node `i` (`CLUSTER MYID`).
+    pub async fn node_id(&self, i: usize) -> String {
+        let id = self.cluster(i, vec!["MYID".into()]).await;
+        id.as_string().expect("CLUSTER MYID answers a string")
+    }
+
+    /// The index of the master serving `slot`, as node `i` sees it (`CLUSTER NODES`).
+    pub async fn owner_of(&self, slot: u16, i: usize) -> Option<usize> {
+        let nodes = self.cluster(i, vec!["NODES".into()]).await;
+        let nodes = nodes.as_string()?;
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let (from, to) = range.split_once('-').unwrap_or((range, range));
+                match (from.parse::<u16>(), to.parse::<u16>()) {
+                    (Ok(from), Ok(to)) => (from..=to).contains(&slot),
+                    _ => false,
+                }
+            });
+            if serves {
+                let port = fields[1]
+                    .split('@')
+                    .next()
+                    .and_then(|a| a.rsplit_once(':'))
+                    .and_then(|(_, p)| p.parse::<u16>().ok())?;
+                return self.nodes.iter().position(|n| n.port() == port);
+            }
+        }
+        None
+    }
+
+    /// Moves `slot` from master `from` to master `to` as `redis-cli --cluster reshard`
+    /// does: `SETSLOT IMPORTING` on the target, `SETSLOT MIGRATING` on the source, its keys
+    /// moved with `MIGRATE`, then `SETSLOT NODE` on both and on every other master. Between
+    /// moving the keys and handing the slot over, the slot stays half-moved for `hold`: the
+    /// source answers `ASK` for every key already moved.
+    pub async fn migrate_slot(&self, slot: u16, from: usize, to: usize, hold: Duration) {
+        let (from_id, to_id) = (self.node_id(from).await, self.node_id(to).await);
+        let slot_arg = Value::from(i64::from(slot));
+        let setslot = |state: &str, id: &str| -> Vec<Value> {
+            vec!["SETSLOT".into(), slot_arg.clone(), state.into(), id.into()]
+        };
+        self.cluster(to, setslot("IMPORTING", &from_id)).await;
+        self.cluster(from, setslot("MIGRATING", &to_id)).await;
+        loop {
+            let keys = self
+                .cluster(
+                    from,
+                    vec!["GETKEYSINSLOT".into(), slot_arg.clone(), 100.into()],
+                )
+                .await;
+            let keys: Vec<Value> = keys.into_array();
+            if keys.is_empty() {
+                break;
+            }
+            let mut args: Vec<Value> = vec![
+                "127.0.0.1".into(),
+                i64::from(self.nodes[to].port()).into(),
+                "".into(),
+                0.into(),
+                5000.into(),
+                "KEYS".into(),
+            ];
+            args.extend(keys);
+            let _: Value = self.nodes[from]
+                .admin()
+                .custom(
+                    CustomCommand::new_static("MIGRATE", ClusterHash::Random, false),
+                    args,
+                )
+                .await
+                .expect("MIGRATE");
+        }
+        tokio::time::sleep(hold).await;
+        self.cluster(to, setslot("NODE", &to_id)).await;
+        self.cluster(from, setslot("NODE", &to_id)).await;
+        for i in self.masters().await {
+            if i != from && i != to {
+                self.cluster(i, setslot("NODE", &to_id)).await;
+            }
+        }
+    }
+
+    /// Error replies of each kind node `i` sent (`INFO errorstats`), e.g. `"ASK"`,
+    /// `"MOVED"`.
+    pub async fn error_replies(&self, i: usize) -> std::collections::BTreeMap<String, u64> {
+        let info: String = self.nodes[i]
+            .admin()
+            .custom(
+                CustomCommand::new_static("INFO", ClusterHash::Random, false),
+                vec!["errorstats"],
+            )
+            .await
+            .expect("INFO errorstats");
+        info.lines()
+            .filter_map(|line| {
+                let (name, rest) = line.strip_prefix("errorstat_")?.split_once(':')?;
+                let count = rest
+                    .strip_prefix("count=")?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((name.to_owned(), count))
+            })
+            .collect()
+    }
 }

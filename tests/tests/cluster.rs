@@ -456,3 +456,220 @@ async fn a_sentinel_failover_costs_no_request_with_postgres() {
         assert_eq!(n_of(&loaded), Some(i as i64));
     }
 }
+
+/// Sessions whose slots move between masters under a read and write load (`MOVED` after
+/// each move, `ASK` while a slot is half-moved): with Postgres no request fails and no
+/// acknowledged write is lost; with Redis only, failures are requests for the moving
+/// sessions alone. Afterwards every moved session is served from the cluster again.
+async fn slots_migrate_under_load(durable: bool) {
+    const SESSIONS: usize = 300;
+    const MOVING: usize = 30;
+    let cluster = RedisCluster::start().await;
+    let database_url = match durable {
+        true => Some(shared_postgres().await.create_database().await),
+        false => None,
+    };
+    let store = store_on(&cluster, database_url.as_deref()).await;
+    let keys = RedisCache::connect(&cluster.url()).await.expect("cluster");
+    let mut ids = Vec::new();
+    for i in 0..SESSIONS {
+        let mut record = record(i as i64, "frank");
+        store.create(&mut record).await.expect("create");
+        ids.push(record.id);
+    }
+    let slot_of = |id: &Id| {
+        fred::util::redis_keyslot(
+            keys.redis_key(&tiered_sessions::StorageKey::from_id(id))
+                .as_bytes(),
+        )
+    };
+    let moving: std::collections::BTreeSet<u16> = ids[..MOVING].iter().map(slot_of).collect();
+    // Whether each session's slot moves (sessions past the first `MOVING` may share one).
+    let in_moving: Arc<Vec<bool>> =
+        Arc::new(ids.iter().map(|id| moving.contains(&slot_of(id))).collect());
+    let ids = Arc::new(ids);
+
+    // Readers over every session; failures are recorded by session.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed_moving, failed_other) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let (store, ids, stop) = (store.clone(), ids.clone(), stop.clone());
+        let (ok, failed_moving, failed_other) =
+            (ok.clone(), failed_moving.clone(), failed_other.clone());
+        let in_moving = in_moving.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = t;
+            while !stop.load(Ordering::Relaxed) {
+                // Half of the reads go to the moving sessions.
+                i = if i % 2 == 0 {
+                    (i + 7) % MOVING
+                } else {
+                    (i + 7) % SESSIONS
+                };
+                let id = &ids[i];
+                match store.load(id).await {
+                    Ok(Some(r)) if n_of(&r) == Some(i as i64) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ if in_moving[i] => {
+                        failed_moving.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed_other.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                // A failure can come back at once (an open circuit): let the test run.
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    // One writer changing the moving sessions; it counts the changes acknowledged.
+    let writer = {
+        let (store, ids, stop) = (store.clone(), ids.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acked = vec![0i64; MOVING];
+            let (mut tried, mut refused) = (0u64, 0u64);
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i = (i + 1) % MOVING;
+                tried += 1;
+                let Ok(Some(mut record)) = store.load(&ids[i]).await else {
+                    refused += 1;
+                    continue;
+                };
+                let w = record.data.get("w").and_then(|v| v.as_i64()).unwrap_or(0);
+                record.data.insert("w".to_owned(), (w + 1).into());
+                match store.save(&record).await {
+                    Ok(()) => acked[i] += 1,
+                    Err(_) => refused += 1,
+                }
+            }
+            (acked, tried, refused)
+        })
+    };
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let began = Instant::now();
+    let masters = cluster.masters().await;
+    for (n, &slot) in moving.iter().enumerate() {
+        let from = cluster.owner_of(slot, masters[0]).await.expect("an owner");
+        let to = masters
+            [(masters.iter().position(|&m| m == from).unwrap_or(0) + 1 + n % 2) % masters.len()];
+        cluster
+            .migrate_slot(slot, from, to, Duration::from_millis(100))
+            .await;
+    }
+    let window = began.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("reader");
+    }
+    let (acked, tried, refused) = writer.await.expect("writer");
+    let (ok, failed_moving, failed_other) = (
+        ok.load(Ordering::Relaxed),
+        failed_moving.load(Ordering::Relaxed),
+        failed_other.load(Ordering::Relaxed),
+    );
+    let mut redirections = std::collections::BTreeMap::new();
+    for i in 0..cluster.nodes().len() {
+        for (kind, count) in cluster.error_replies(i).await {
+            *redirections.entry(kind).or_insert(0u64) += count;
+        }
+    }
+    println!(
+        "| {} slots moved, {} | reads {} | failed {} (all of moving sessions: {}) | writes {tried}, refused {refused} | window {window:?} | replies {redirections:?} |",
+        moving.len(),
+        if durable { "Redis + Postgres" } else { "Redis only" },
+        ok + failed_moving + failed_other,
+        failed_moving + failed_other,
+        failed_other == 0,
+    );
+    assert!(
+        redirections.get("ASK").is_some_and(|&n| n > 0)
+            && redirections.get("MOVED").is_some_and(|&n| n > 0),
+        "the load met both redirections: {redirections:?}"
+    );
+    assert_eq!(failed_other, 0, "sessions in other slots never fail");
+    if durable {
+        assert_eq!(
+            failed_moving, 0,
+            "no request fails with Postgres configured"
+        );
+        assert_eq!(refused, 0, "no change fails with Postgres configured");
+    }
+    // Every acknowledged change is there.
+    for (i, id) in ids[..MOVING].iter().enumerate() {
+        let record = store.load(id).await.expect("load").expect("live");
+        let w = record.data.get("w").and_then(|v| v.as_i64()).unwrap_or(0);
+        assert_eq!(
+            w, acked[i],
+            "session {i}: every acknowledged change, no other"
+        );
+    }
+
+    // The moved sessions are served by the cluster again: once their entries are back,
+    // reading them costs GETs on the masters and, with Postgres, no durable statement.
+    assert!(!store.cache_bypassed(), "the store reads the cluster");
+    let served = poll_until(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || async {
+            let before = match &database_url {
+                Some(url) => Some(tiered_sessions_tests::PgStats::snapshot(url).await),
+                None => None,
+            };
+            let masters = cluster.masters().await;
+            for &m in &masters {
+                cluster.nodes()[m].reset_stats().await;
+            }
+            for (i, id) in ids[..MOVING].iter().enumerate() {
+                match store.load(id).await {
+                    Ok(Some(r)) if n_of(&r) == Some(i as i64) => {}
+                    _ => return false,
+                }
+            }
+            let mut gets = 0;
+            for &m in &masters {
+                gets += cluster.nodes()[m]
+                    .command_calls()
+                    .await
+                    .get("get")
+                    .copied()
+                    .unwrap_or(0);
+            }
+            let durable_reads = match (&database_url, before) {
+                (Some(url), Some(before)) => {
+                    let delta = tiered_sessions_tests::PgStats::snapshot(url)
+                        .await
+                        .since(&before);
+                    delta.statement_calls().unwrap_or(u64::MAX)
+                        - delta
+                            .calls_matching("tiered_sessions_cache_epoch")
+                            .unwrap_or(0)
+                }
+                _ => 0,
+            };
+            gets >= MOVING as u64 && durable_reads == 0
+        },
+    )
+    .await;
+    assert!(served, "the moved sessions are read from the cluster again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_migrations_cost_no_request_with_postgres() {
+    let _serial = SERIAL.lock().await;
+    slots_migrate_under_load(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_migrations_fail_redis_only_requests_for_moving_sessions_only() {
+    let _serial = SERIAL.lock().await;
+    slots_migrate_under_load(false).await;
+}

@@ -19,6 +19,10 @@ pub enum TierErrorKind {
     /// The key holds a value of another type that the tier cannot read (Redis
     /// `WRONGTYPE`): a problem with this one entry, not with the tier.
     WrongType,
+    /// The key's hash slot is moving between Redis Cluster nodes (a slot migration or a
+    /// failover under way) and the command was not followed to the new node: a problem
+    /// with this one key for a moment, not with the tier.
+    Redirected,
     /// Anything else.
     Other,
 }
@@ -30,6 +34,7 @@ impl fmt::Display for TierErrorKind {
             Self::Timeout => "timed out",
             Self::Rejected => "rejected",
             Self::WrongType => "found a value of the wrong type",
+            Self::Redirected => "redirected to another cluster node",
             Self::Other => "failed",
         })
     }

@@ -105,6 +105,10 @@ impl From<RedisCacheError> for TierError {
 
 fn kind_of(err: &FredError) -> TierErrorKind {
     match err.kind() {
+        // `MOVED` or `ASK` not followed (see `NO_REDIRECTIONS`).
+        ErrorKind::Routing if err.details().starts_with("Too many redirections") => {
+            TierErrorKind::Redirected
+        }
         ErrorKind::Timeout => TierErrorKind::Timeout,
         ErrorKind::IO
         | ErrorKind::Canceled
@@ -213,7 +217,9 @@ impl RedisCache<Client> {
     /// Connects to the Redis at `url` (`redis://`, `rediss://`, and fred's
     /// `redis-cluster://` and `redis-sentinel://`) with one auto-pipelining client, set up
     /// for a cache: a 1 s connection timeout, reconnection with backoff (up to 1 s) forever,
-    /// and a connection that does not answer for 2 s is dropped and replaced.
+    /// a connection that does not answer for 2 s is dropped and replaced, and on Redis
+    /// Cluster a `MOVED` or `ASK` fails the command rather than being followed (see
+    /// [`TierErrorKind::Redirected`]; fred still refreshes its slot map after a `MOVED`).
     ///
     /// Redis being down is not an error: the client keeps connecting in the background
     /// (after waiting [`Self::STARTUP_WAIT`] for the first connection), and the store
@@ -245,6 +251,7 @@ impl RedisCache<Client> {
         let client = Builder::from_config(config)
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_secs(1);
+                c.max_redirections = NO_REDIRECTIONS;
                 c.unresponsive = UnresponsiveConfig {
                     max_timeout: Some(Duration::from_secs(2)),
                     interval: Duration::from_millis(500),
@@ -257,7 +264,7 @@ impl RedisCache<Client> {
         // Subscribe before the first connection attempt, so a failure is counted and seen.
         cache.watch_connections();
         let mut errors = cache.client.error_rx();
-        cache.client.connect();
+        let router = cache.client.connect();
         let first = async {
             tokio::select! {
                 connected = cache.client.wait_for_connect() => connected,
@@ -284,6 +291,15 @@ impl RedisCache<Client> {
                 Self::STARTUP_WAIT
             ),
         }
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = router.await {
+                tracing::error!(
+                    error = %e,
+                    "the Redis client stopped and will not reconnect: sessions are served \
+                     from the durable tier, if one is configured; restart the application"
+                );
+            }
+        });
         Ok(cache)
     }
 }
@@ -561,12 +577,24 @@ where
     }
 }
 
+/// How many `MOVED` or `ASK` redirections fred follows: none. A redirected command fails
+/// with [`TierErrorKind::Redirected`] instead (the store serves that session from the
+/// durable tier meanwhile), and fred refreshes its slot map after a `MOVED`.
+///
+/// fred 10.1 follows an `ASK` by sending `ASKING` to the importing node and taking the next
+/// reply on that pipelined connection as its answer: with other commands in flight there,
+/// the replies that follow go to the wrong commands (a write could be told it succeeded
+/// when it was never run), and a command out of attempts stops the client for good.
+const NO_REDIRECTIONS: u32 = 0;
+
 /// Per-command options for a cache: fail at once while the connection is down instead of
 /// queueing (a queued write replayed after a reconnect could land after a later change),
-/// and one attempt.
+/// one attempt, and no redirection followed (see [`NO_REDIRECTIONS`]; this holds for
+/// writes on a client built by the caller too).
 fn command_options() -> Options {
     Options {
         max_attempts: Some(1),
+        max_redirections: Some(NO_REDIRECTIONS),
         fail_fast: true,
         ..Options::default()
     }
