@@ -1,6 +1,7 @@
 //! The behaviour suite: every test runs against each store configuration it applies to —
-//! Redis + Postgres (`tiered`), Redis only (`redis_only`) and memory + SQLite
-//! (`embedded`) — on private servers the suite starts itself.
+//! Redis + Postgres (`tiered`), Redis only (`redis_only`), memory + SQLite (`embedded`),
+//! and the two Redis ones again on a six-node Redis Cluster (`cluster_tiered`,
+//! `cluster_redis_only`) — on private servers the suite starts itself.
 
 mod common;
 
@@ -29,6 +30,8 @@ macro_rules! suite {
         suite!(@module tiered, Tiered, [$($all,)* $($durable,)* $($redis,)* $($tiered_only,)*]);
         suite!(@module embedded, Embedded, [$($all,)* $($durable,)*]);
         suite!(@module redis_only, RedisOnly, [$($all,)* $($redis,)* $($cache_only,)*]);
+        suite!(@module cluster_tiered, ClusterTiered, [$($all,)* $($durable,)* $($redis,)* $($tiered_only,)*]);
+        suite!(@module cluster_redis_only, ClusterRedisOnly, [$($all,)* $($redis,)* $($cache_only,)*]);
     };
     (@module $module:ident, $kind:ident, [$($name:ident,)*]) => {
         mod $module {
@@ -728,8 +731,8 @@ async fn expired_rows_are_swept_in_batches(kind: Kind) {
 async fn slow_refill_store(f: &Fixture) -> TieredStore {
     let hold = Duration::from_millis(300);
     match f.kind {
-        Kind::Tiered => {
-            let cache = RedisCache::connect(&f.redis().expect("redis").url())
+        Kind::Tiered | Kind::ClusterTiered => {
+            let cache = RedisCache::connect(&f.redis_url().expect("redis"))
                 .await
                 .expect("redis");
             let durable = PostgresDurable::connect(f.postgres_url().expect("pg"))
@@ -744,7 +747,7 @@ async fn slow_refill_store(f: &Fixture) -> TieredStore {
                 .expect("store")
         }
         Kind::Embedded => f.slow_embedded_store(hold).await,
-        Kind::RedisOnly => unreachable!("no durable tier"),
+        Kind::RedisOnly | Kind::ClusterRedisOnly => unreachable!("no durable tier"),
     }
 }
 
@@ -843,12 +846,11 @@ async fn read_only_requests_cost_one_get_and_no_durable_statement(kind: Kind) {
     let app = f.app();
     let cookie = start_session(&app).await;
     read(&f, &cookie).await;
-    let redis = f.redis().expect("redis");
     let before = match f.postgres_url() {
         Some(url) => Some(PgStats::snapshot(url).await),
         None => None,
     };
-    redis.reset_stats().await;
+    f.reset_redis_stats().await;
     let started = Instant::now();
     for _ in 0..N {
         assert_eq!(read(&f, &cookie).await, "1");
@@ -880,12 +882,11 @@ async fn a_change_costs_one_durable_update_and_one_cache_write(kind: Kind) {
     let cookie = start_session(&app).await;
     // One change first: the server learns the script (`EVAL`) on the first `NOSCRIPT`.
     send(&app, "POST", "/incr", Some(&cookie)).await;
-    let redis = f.redis().expect("redis");
     let before = match f.postgres_url() {
         Some(url) => Some(PgStats::snapshot(url).await),
         None => None,
     };
-    redis.reset_stats().await;
+    f.reset_redis_stats().await;
     let started = Instant::now();
     for i in 0..N {
         let reply = send(&app, "POST", "/incr", Some(&cookie)).await;
@@ -923,8 +924,7 @@ async fn cache_reads_slide_the_ttl(kind: Kind) {
     let cookie = start_session(&f.app()).await;
     let id = id_of(&cookie);
     let full = (SHORT_IDLE + SHORT_TOUCH).as_millis() as i64;
-    let redis = f.redis().expect("redis");
-    redis.reset_stats().await;
+    f.reset_redis_stats().await;
     // Within the first touch interval: not due, nothing but the GET.
     read(&f, &cookie).await;
     assert_eq!(scripts_run(&f.redis_calls().await), 0);

@@ -25,7 +25,7 @@ use tiered_sessions::{
     CacheTier, DurableTier, MemoryCache, PostgresDurable, RedisCache, SqliteDurable, StorageKey,
     StoredSession, TierError, TieredStore, TieredStoreBuilder, Updated,
 };
-use tiered_sessions_tests::{shared_postgres, RedisServer};
+use tiered_sessions_tests::{shared_postgres, RedisCluster, RedisServer};
 use time::OffsetDateTime;
 use tower::ServiceExt;
 
@@ -39,13 +39,17 @@ pub enum Kind {
     Tiered,
     /// Redis only.
     RedisOnly,
+    /// A six-node Redis Cluster cache, Postgres durable tier.
+    ClusterTiered,
+    /// A six-node Redis Cluster only.
+    ClusterRedisOnly,
     /// In-process cache, SQLite durable tier (the embedded default).
     Embedded,
 }
 
 impl Kind {
     pub fn durable(self) -> bool {
-        self != Kind::RedisOnly
+        !matches!(self, Kind::RedisOnly | Kind::ClusterRedisOnly)
     }
 }
 
@@ -53,6 +57,12 @@ impl Kind {
 enum CacheHandle {
     Redis {
         server: RedisServer,
+        cache: RedisCache,
+    },
+    Cluster {
+        cluster: RedisCluster,
+        /// A client of the whole cluster, for commands on one key.
+        admin: Client,
         cache: RedisCache,
     },
     Memory(MemoryCache),
@@ -115,10 +125,25 @@ impl Fixture {
                     .with_op_timeout(Duration::from_secs(2));
                 CacheHandle::Redis { server, cache }
             }
+            Kind::ClusterTiered | Kind::ClusterRedisOnly => {
+                let cluster = RedisCluster::start().await;
+                let cache = RedisCache::connect(&cluster.url())
+                    .await
+                    .expect("connect to the private cluster")
+                    .with_op_timeout(Duration::from_secs(2));
+                let config = Config::from_url(&cluster.url()).expect("cluster URL");
+                let admin = Builder::from_config(config).build().expect("admin client");
+                admin.init().await.expect("connect the admin client");
+                CacheHandle::Cluster {
+                    cluster,
+                    admin,
+                    cache,
+                }
+            }
             Kind::Embedded => CacheHandle::Memory(MemoryCache::new(64 * 1024 * 1024)),
         };
         let durable = match kind {
-            Kind::Tiered => {
+            Kind::Tiered | Kind::ClusterTiered => {
                 let url = shared_postgres().await.create_database().await;
                 let pool = PgPool::connect(&url)
                     .await
@@ -134,10 +159,12 @@ impl Fixture {
                     pool: SqlitePool::connect_lazy("sqlite::memory:").expect("lazy pool"),
                 })
             }
-            Kind::RedisOnly => None,
+            Kind::RedisOnly | Kind::ClusterRedisOnly => None,
         };
         let mut builder = match &cache {
-            CacheHandle::Redis { cache, .. } => TieredStore::builder(cache.clone()),
+            CacheHandle::Redis { cache, .. } | CacheHandle::Cluster { cache, .. } => {
+                TieredStore::builder(cache.clone())
+            }
             CacheHandle::Memory(cache) => TieredStore::builder(cache.clone()),
         };
         let durable = match durable {
@@ -174,10 +201,58 @@ impl Fixture {
         }
     }
 
+    /// The single Redis server (not a cluster's nodes).
     pub fn redis(&self) -> Option<&RedisServer> {
         match &self.cache {
             CacheHandle::Redis { server, .. } => Some(server),
+            _ => None,
+        }
+    }
+
+    /// The URL of the Redis server or cluster.
+    pub fn redis_url(&self) -> Option<String> {
+        match &self.cache {
+            CacheHandle::Redis { server, .. } => Some(server.url()),
+            CacheHandle::Cluster { cluster, .. } => Some(cluster.url()),
             CacheHandle::Memory(_) => None,
+        }
+    }
+
+    /// A client for commands on one key: the server's, or one of the whole cluster.
+    fn admin(&self) -> Option<&Client> {
+        match &self.cache {
+            CacheHandle::Redis { server, .. } => Some(server.admin()),
+            CacheHandle::Cluster { admin, .. } => Some(admin),
+            CacheHandle::Memory(_) => None,
+        }
+    }
+
+    /// The servers that hold keys: the server, or the cluster's masters.
+    async fn key_servers(&self) -> Vec<&RedisServer> {
+        match &self.cache {
+            CacheHandle::Redis { server, .. } => vec![server],
+            CacheHandle::Cluster { cluster, .. } => {
+                let nodes = cluster.nodes();
+                cluster
+                    .masters()
+                    .await
+                    .into_iter()
+                    .map(|i| &nodes[i])
+                    .collect()
+            }
+            CacheHandle::Memory(_) => Vec::new(),
+        }
+    }
+
+    /// Zeroes the command statistics of every Redis server (see [`Self::redis_calls`]).
+    pub async fn reset_redis_stats(&self) {
+        let servers: Vec<&RedisServer> = match &self.cache {
+            CacheHandle::Redis { server, .. } => vec![server],
+            CacheHandle::Cluster { cluster, .. } => cluster.nodes().iter().collect(),
+            CacheHandle::Memory(_) => panic!("a Redis fixture"),
+        };
+        for server in servers {
+            server.reset_stats().await;
         }
     }
 
@@ -190,7 +265,9 @@ impl Fixture {
 
     fn redis_key(&self, id: &Id) -> Option<String> {
         match &self.cache {
-            CacheHandle::Redis { cache, .. } => Some(cache.redis_key(&StorageKey::from_id(id))),
+            CacheHandle::Redis { cache, .. } | CacheHandle::Cluster { cache, .. } => {
+                Some(cache.redis_key(&StorageKey::from_id(id)))
+            }
             CacheHandle::Memory(_) => None,
         }
     }
@@ -198,15 +275,15 @@ impl Fixture {
     /// The raw cache entry of a session.
     pub async fn cache_raw(&self, id: &Id) -> Option<Vec<u8>> {
         let key = StorageKey::from_id(id);
-        match &self.cache {
+        match (&self.cache, self.admin(), self.redis_key(id)) {
             // GET of a key of another type is an error: it holds no entry.
-            CacheHandle::Redis { server, cache } => server
-                .admin()
-                .get::<Option<Vec<u8>>, _>(cache.redis_key(&key))
+            (_, Some(admin), Some(redis_key)) => admin
+                .get::<Option<Vec<u8>>, _>(redis_key)
                 .await
                 .ok()
                 .flatten(),
-            CacheHandle::Memory(cache) => cache.peek(&key).map(|b| b.to_vec()),
+            (CacheHandle::Memory(cache), ..) => cache.peek(&key).map(|b| b.to_vec()),
+            _ => None,
         }
     }
 
@@ -232,12 +309,11 @@ impl Fixture {
     /// Overwrites a session's cache entry with `bytes`.
     pub async fn cache_set_raw(&self, id: &Id, bytes: &[u8]) {
         let key = StorageKey::from_id(id);
-        match &self.cache {
-            CacheHandle::Redis { server, cache } => {
-                let _: () = server
-                    .admin()
+        match (&self.cache, self.admin(), self.redis_key(id)) {
+            (_, Some(admin), Some(redis_key)) => {
+                let _: () = admin
                     .set(
-                        cache.redis_key(&key),
+                        redis_key,
                         bytes.to_vec(),
                         Some(Expiration::EX(600)),
                         None,
@@ -246,23 +322,20 @@ impl Fixture {
                     .await
                     .expect("SET");
             }
-            CacheHandle::Memory(cache) => cache
+            (CacheHandle::Memory(cache), ..) => cache
                 .replace(&key, bytes, Duration::from_secs(600))
                 .await
                 .expect("memory replace"),
+            _ => unreachable!("every fixture has a cache"),
         }
     }
 
     /// Replaces a session's cache entry with a value of another type (Redis only).
     pub async fn cache_set_wrong_type(&self, id: &Id) -> bool {
-        match (&self.cache, self.redis_key(id)) {
-            (CacheHandle::Redis { server, .. }, Some(key)) => {
-                let _: () = server.admin().del(&key).await.expect("DEL");
-                let _: () = server
-                    .admin()
-                    .hset(&key, ("field", "value"))
-                    .await
-                    .expect("HSET");
+        match (self.admin(), self.redis_key(id)) {
+            (Some(admin), Some(key)) => {
+                let _: () = admin.del(&key).await.expect("DEL");
+                let _: () = admin.hset(&key, ("field", "value")).await.expect("HSET");
                 true
             }
             _ => false,
@@ -271,37 +344,24 @@ impl Fixture {
 
     pub async fn cache_delete(&self, id: &Id) {
         let key = StorageKey::from_id(id);
-        match &self.cache {
-            CacheHandle::Redis { server, cache } => {
-                let _: () = server
-                    .admin()
-                    .del(cache.redis_key(&key))
-                    .await
-                    .expect("DEL");
+        match (&self.cache, self.admin(), self.redis_key(id)) {
+            (_, Some(admin), Some(redis_key)) => {
+                let _: () = admin.del(redis_key).await.expect("DEL");
             }
-            CacheHandle::Memory(cache) => cache.remove(&key).await.expect("memory remove"),
+            (CacheHandle::Memory(cache), ..) => cache.remove(&key).await.expect("memory remove"),
+            _ => unreachable!("every fixture has a cache"),
         }
     }
 
     /// Makes a session's cache entry expire now, as its TTL running out would (Redis only).
     pub async fn expire_cache_key(&self, id: &Id) {
-        let server = self.redis().expect("a Redis fixture");
+        let admin = self.admin().expect("a Redis fixture");
         let key = self.redis_key(id).expect("a Redis key");
-        let _: () = server
-            .admin()
-            .pexpire(&key, 1, None)
-            .await
-            .expect("PEXPIRE");
+        let _: () = admin.pexpire(&key, 1, None).await.expect("PEXPIRE");
         let gone = tiered_sessions_tests::poll_until(
             Duration::from_secs(2),
             Duration::from_millis(5),
-            || async {
-                !server
-                    .admin()
-                    .exists::<bool, _>(&key)
-                    .await
-                    .expect("EXISTS")
-            },
+            || async { !admin.exists::<bool, _>(&key).await.expect("EXISTS") },
         )
         .await;
         assert!(gone, "key expired");
@@ -328,37 +388,38 @@ impl Fixture {
 
     pub async fn cache_flush(&self) {
         match &self.cache {
-            CacheHandle::Redis { server, .. } => server.flushall().await,
             CacheHandle::Memory(cache) => cache.clear(),
+            _ => {
+                for server in self.key_servers().await {
+                    server.flushall().await;
+                }
+            }
         }
     }
 
     /// Remaining time to live of a session's cache entry (Redis only).
     pub async fn cache_pttl(&self, id: &Id) -> Option<i64> {
-        match (&self.cache, self.redis_key(id)) {
-            (CacheHandle::Redis { server, .. }, Some(key)) => {
-                Some(server.admin().pttl::<i64, _>(key).await.expect("PTTL"))
-            }
+        match (self.admin(), self.redis_key(id)) {
+            (Some(admin), Some(key)) => Some(admin.pttl::<i64, _>(key).await.expect("PTTL")),
             _ => None,
         }
     }
 
     /// All cache keys (Redis only).
     pub async fn cache_keys(&self) -> Vec<String> {
-        match &self.cache {
-            CacheHandle::Redis { server, .. } => {
-                let keys: Vec<String> = server
-                    .admin()
-                    .custom(
-                        CustomCommand::new_static("KEYS", ClusterHash::Random, false),
-                        vec!["*"],
-                    )
-                    .await
-                    .expect("KEYS");
-                keys
-            }
-            CacheHandle::Memory(_) => Vec::new(),
+        let mut all = Vec::new();
+        for server in self.key_servers().await {
+            let keys: Vec<String> = server
+                .admin()
+                .custom(
+                    CustomCommand::new_static("KEYS", ClusterHash::Random, false),
+                    vec!["*"],
+                )
+                .await
+                .expect("KEYS");
+            all.extend(keys);
         }
+        all
     }
 
     /// The durable row of a session, expired or not.
@@ -463,14 +524,19 @@ impl Fixture {
         }
     }
 
-    /// Redis commands by name since the last reset, without the test's own admin commands.
+    /// Redis commands by name since the last reset, summed over the servers that hold keys,
+    /// without the test's own admin commands and the cluster client's slot-map reads.
     pub async fn redis_calls(&self) -> BTreeMap<String, u64> {
-        let server = self.redis().expect("a Redis fixture");
-        let mut calls = server.command_calls().await;
+        let mut calls = BTreeMap::new();
+        for server in self.key_servers().await {
+            for (name, n) in server.command_calls().await {
+                *calls.entry(name).or_insert(0) += n;
+            }
+        }
         calls.retain(|name, _| {
             let command = name.split('|').next().unwrap_or(name);
             ![
-                "info", "config", "ping", "client", "hello", "select", "auth",
+                "info", "config", "ping", "client", "hello", "select", "auth", "cluster", "role",
             ]
             .contains(&command)
         });
