@@ -11,6 +11,8 @@
 //! - [`ChromeDriver`]: headless Chromium sessions for end-to-end tests.
 //! - [`RedisCluster`]: six private nodes joined into a Redis Cluster.
 //! - [`RedisSentinels`]: a master, a replica and three sentinels.
+//! - [`TlsRedis`]: a server with a TLS port, certificates made at test time and an ACL
+//!   user.
 //! - [`FaultProxy`]: a TCP proxy between the store and a server that injects faults
 //!   (delay, blackhole, reset, refuse), undone by a guard on drop.
 //!
@@ -43,6 +45,7 @@ mod process;
 mod proxy;
 mod redis;
 mod sentinel;
+mod tls;
 
 pub use browser::{ChromeDriver, CHROMIUM_ARGS};
 pub use cluster::RedisCluster;
@@ -53,6 +56,7 @@ pub use postgres::{shared_postgres, PostgresCluster};
 pub use proxy::{Fault, FaultGuard, FaultProxy};
 pub use redis::RedisServer;
 pub use sentinel::{RedisSentinels, SENTINEL_SERVICE};
+pub use tls::{Certs, TlsRedis, TLS_PASSWORD, TLS_USER};
 
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,8 @@
 //! The behaviour suite: every test runs against each store configuration it applies to —
 //! Redis + Postgres (`tiered`), Redis only (`redis_only`), memory + SQLite (`embedded`),
-//! and the two Redis ones again on a six-node Redis Cluster (`cluster_tiered`,
-//! `cluster_redis_only`) — on private servers the suite starts itself.
+//! the two Redis ones again on a six-node Redis Cluster (`cluster_tiered`,
+//! `cluster_redis_only`), and Redis + Postgres over TLS as an ACL user (`tls_tiered`) — on
+//! private servers the suite starts itself.
 
 mod common;
 
@@ -32,6 +33,7 @@ macro_rules! suite {
         suite!(@module redis_only, RedisOnly, [$($all,)* $($redis,)* $($cache_only,)*]);
         suite!(@module cluster_tiered, ClusterTiered, [$($all,)* $($durable,)* $($redis,)* $($tiered_only,)*]);
         suite!(@module cluster_redis_only, ClusterRedisOnly, [$($all,)* $($redis,)* $($cache_only,)*]);
+        suite!(@module tls_tiered, TlsTiered, [$($all,)* $($durable,)* $($redis,)* $($tiered_only,)*]);
     };
     (@module $module:ident, $kind:ident, [$($name:ident,)*]) => {
         mod $module {
@@ -731,8 +733,9 @@ async fn expired_rows_are_swept_in_batches(kind: Kind) {
 async fn slow_refill_store(f: &Fixture) -> TieredStore {
     let hold = Duration::from_millis(300);
     match f.kind {
-        Kind::Tiered | Kind::ClusterTiered => {
-            let cache = RedisCache::connect(&f.redis_url().expect("redis"))
+        Kind::Tiered | Kind::ClusterTiered | Kind::TlsTiered => {
+            let url = f.redis_url().expect("redis");
+            let cache = RedisCache::connect_with(&url, &f.redis_options())
                 .await
                 .expect("redis");
             let durable = PostgresDurable::connect(f.postgres_url().expect("pg"))

@@ -2,9 +2,6 @@
 //! made at test time with the `openssl` command, and an ACL user; the store runs over
 //! `rediss://` with that CA, and wrong settings are clear errors without secrets in them.
 
-use std::{path::Path, process::Command};
-
-use tempfile::TempDir;
 use tiered_sessions::{
     tower_sessions::{
         session::{Id, Record},
@@ -12,133 +9,10 @@ use tiered_sessions::{
     },
     BuildError, Builder, RedisCache, StorageKey, TieredStore,
 };
-use tiered_sessions_tests::{free_port, shared_postgres, RedisServer};
+use tiered_sessions_tests::{
+    shared_postgres, RedisServer, TlsRedis, TLS_PASSWORD as PASSWORD, TLS_USER as USER,
+};
 use time::OffsetDateTime;
-
-const USER: &str = "app";
-const PASSWORD: &str = "s3cret-acl-password";
-
-/// A CA and a certificate for 127.0.0.1 signed by it, in a temp dir.
-struct Certs {
-    dir: TempDir,
-}
-
-impl Certs {
-    fn new() -> Certs {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir.path())
-                .output()
-                .expect("the openssl command runs (Debian package `openssl`)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-        openssl(
-            &[
-                &[
-                    "req",
-                    "-x509",
-                    "-nodes",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=tiered-sessions test CA",
-                ][..],
-                &ec,
-                &["-keyout", "ca.key", "-out", "ca.crt"],
-            ]
-            .concat(),
-        );
-        openssl(
-            &[
-                &["req", "-nodes", "-subj", "/CN=127.0.0.1"][..],
-                &ec,
-                &["-keyout", "server.key", "-out", "server.csr"],
-            ]
-            .concat(),
-        );
-        std::fs::write(dir.path().join("san.ext"), "subjectAltName=IP:127.0.0.1\n")
-            .expect("write san.ext");
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "server.crt",
-        ]);
-        Certs { dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-}
-
-/// A redis-server with a plain port (for the test's admin client) and a TLS port that
-/// only the ACL user `app` may use meaningfully.
-struct TlsRedis {
-    server: RedisServer,
-    tls_port: u16,
-    certs: Certs,
-}
-
-impl TlsRedis {
-    async fn start() -> TlsRedis {
-        let certs = Certs::new();
-        let tls_port = free_port();
-        let password = format!(">{PASSWORD}");
-        let server = RedisServer::start_with(&[
-            "--tls-port",
-            &tls_port.to_string(),
-            "--tls-cert-file",
-            &certs.path("server.crt"),
-            "--tls-key-file",
-            &certs.path("server.key"),
-            "--tls-ca-cert-file",
-            &certs.path("ca.crt"),
-            "--tls-auth-clients",
-            "no",
-            // An ACL user: `user app on >password ~* &* +@all`, one word per argument.
-            "--user",
-            USER,
-            "on",
-            &password,
-            "~*",
-            "&*",
-            "+@all",
-        ])
-        .await;
-        TlsRedis {
-            server,
-            tls_port,
-            certs,
-        }
-    }
-
-    fn url(&self, password: &str) -> String {
-        format!("rediss://{USER}:{password}@127.0.0.1:{}", self.tls_port)
-    }
-
-    fn ca(&self) -> String {
-        self.certs.path("ca.crt")
-    }
-}
 
 fn record(n: i64) -> Record {
     Record {
@@ -253,7 +127,7 @@ async fn an_untrusted_certificate_is_a_clear_error() {
         .expect_err("an untrusted certificate");
     assert_clear(&err, "certificate");
     // A CA file that is not one.
-    let not_pem = redis.certs.dir.path().join("san.ext");
+    let not_pem = std::path::PathBuf::from(redis.certs.path("san.ext"));
     let err = Builder::new()
         .with_redis_url(redis.url(PASSWORD))
         .with_redis_ca_file(&not_pem)
@@ -262,7 +136,7 @@ async fn an_untrusted_certificate_is_a_clear_error() {
         .await
         .expect_err("not a CA file");
     assert_clear(&err, "certificate authority");
-    assert!(Path::new(&not_pem).exists());
+    assert!(not_pem.exists());
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ use tiered_sessions::{
     CacheTier, DurableTier, MemoryCache, PostgresDurable, RedisCache, SqliteDurable, StorageKey,
     StoredSession, TierError, TieredStore, TieredStoreBuilder, Updated,
 };
-use tiered_sessions_tests::{shared_postgres, RedisCluster, RedisServer};
+use tiered_sessions_tests::{shared_postgres, RedisCluster, RedisServer, TlsRedis, TLS_PASSWORD};
 use time::OffsetDateTime;
 use tower::ServiceExt;
 
@@ -43,6 +43,8 @@ pub enum Kind {
     ClusterTiered,
     /// A six-node Redis Cluster only.
     ClusterRedisOnly,
+    /// Redis over TLS as an ACL user, Postgres durable tier.
+    TlsTiered,
     /// In-process cache, SQLite durable tier (the embedded default).
     Embedded,
 }
@@ -57,6 +59,11 @@ impl Kind {
 enum CacheHandle {
     Redis {
         server: RedisServer,
+        cache: RedisCache,
+    },
+    /// The store reaches the server over TLS; the test's admin client uses its plain port.
+    Tls {
+        redis: TlsRedis,
         cache: RedisCache,
     },
     Cluster {
@@ -125,6 +132,15 @@ impl Fixture {
                     .with_op_timeout(Duration::from_secs(2));
                 CacheHandle::Redis { server, cache }
             }
+            Kind::TlsTiered => {
+                let redis = TlsRedis::start().await;
+                let options = tiered_sessions::ConnectOptions::default().with_ca_file(redis.ca());
+                let cache = RedisCache::connect_with(&redis.url(TLS_PASSWORD), &options)
+                    .await
+                    .expect("connect over TLS to the private redis-server")
+                    .with_op_timeout(Duration::from_secs(2));
+                CacheHandle::Tls { redis, cache }
+            }
             Kind::ClusterTiered | Kind::ClusterRedisOnly => {
                 let cluster = RedisCluster::start().await;
                 let cache = RedisCache::connect(&cluster.url())
@@ -143,7 +159,7 @@ impl Fixture {
             Kind::Embedded => CacheHandle::Memory(MemoryCache::new(64 * 1024 * 1024)),
         };
         let durable = match kind {
-            Kind::Tiered | Kind::ClusterTiered => {
+            Kind::Tiered | Kind::ClusterTiered | Kind::TlsTiered => {
                 let url = shared_postgres().await.create_database().await;
                 let pool = PgPool::connect(&url)
                     .await
@@ -162,9 +178,9 @@ impl Fixture {
             Kind::RedisOnly | Kind::ClusterRedisOnly => None,
         };
         let mut builder = match &cache {
-            CacheHandle::Redis { cache, .. } | CacheHandle::Cluster { cache, .. } => {
-                TieredStore::builder(cache.clone())
-            }
+            CacheHandle::Redis { cache, .. }
+            | CacheHandle::Tls { cache, .. }
+            | CacheHandle::Cluster { cache, .. } => TieredStore::builder(cache.clone()),
             CacheHandle::Memory(cache) => TieredStore::builder(cache.clone()),
         };
         let durable = match durable {
@@ -205,14 +221,26 @@ impl Fixture {
     pub fn redis(&self) -> Option<&RedisServer> {
         match &self.cache {
             CacheHandle::Redis { server, .. } => Some(server),
+            CacheHandle::Tls { redis, .. } => Some(&redis.server),
             _ => None,
         }
     }
 
-    /// The URL of the Redis server or cluster.
+    /// Options that complete [`Self::redis_url`] (the CA of a TLS server).
+    pub fn redis_options(&self) -> tiered_sessions::ConnectOptions {
+        match &self.cache {
+            CacheHandle::Tls { redis, .. } => {
+                tiered_sessions::ConnectOptions::default().with_ca_file(redis.ca())
+            }
+            _ => tiered_sessions::ConnectOptions::default(),
+        }
+    }
+
+    /// The URL the store uses to reach the Redis server or cluster.
     pub fn redis_url(&self) -> Option<String> {
         match &self.cache {
             CacheHandle::Redis { server, .. } => Some(server.url()),
+            CacheHandle::Tls { redis, .. } => Some(redis.url(TLS_PASSWORD)),
             CacheHandle::Cluster { cluster, .. } => Some(cluster.url()),
             CacheHandle::Memory(_) => None,
         }
@@ -222,6 +250,7 @@ impl Fixture {
     fn admin(&self) -> Option<&Client> {
         match &self.cache {
             CacheHandle::Redis { server, .. } => Some(server.admin()),
+            CacheHandle::Tls { redis, .. } => Some(redis.server.admin()),
             CacheHandle::Cluster { admin, .. } => Some(admin),
             CacheHandle::Memory(_) => None,
         }
@@ -231,6 +260,7 @@ impl Fixture {
     async fn key_servers(&self) -> Vec<&RedisServer> {
         match &self.cache {
             CacheHandle::Redis { server, .. } => vec![server],
+            CacheHandle::Tls { redis, .. } => vec![&redis.server],
             CacheHandle::Cluster { cluster, .. } => {
                 let nodes = cluster.nodes();
                 cluster
@@ -248,6 +278,7 @@ impl Fixture {
     pub async fn reset_redis_stats(&self) {
         let servers: Vec<&RedisServer> = match &self.cache {
             CacheHandle::Redis { server, .. } => vec![server],
+            CacheHandle::Tls { redis, .. } => vec![&redis.server],
             CacheHandle::Cluster { cluster, .. } => cluster.nodes().iter().collect(),
             CacheHandle::Memory(_) => panic!("a Redis fixture"),
         };
@@ -265,9 +296,9 @@ impl Fixture {
 
     fn redis_key(&self, id: &Id) -> Option<String> {
         match &self.cache {
-            CacheHandle::Redis { cache, .. } | CacheHandle::Cluster { cache, .. } => {
-                Some(cache.redis_key(&StorageKey::from_id(id)))
-            }
+            CacheHandle::Redis { cache, .. }
+            | CacheHandle::Tls { cache, .. }
+            | CacheHandle::Cluster { cache, .. } => Some(cache.redis_key(&StorageKey::from_id(id))),
             CacheHandle::Memory(_) => None,
         }
     }
