@@ -19,7 +19,7 @@
 //!
 //! Every command touches one key, so the tier works unchanged on Redis Cluster.
 //!
-//! It works over a fred [`Client`] or [`Pool`](fred::clients::Pool) (anything that speaks
+//! It works over a fred [`Client`] or [`Pool`] (anything that speaks
 //! keys, Lua and custom commands), built by you or by [`RedisCache::connect`]. fred
 //! features that change behaviour for other users of fred in the same application (such as
 //! `default-nil-types`) are not turned on.
@@ -411,6 +411,10 @@ where
     pub const DEFAULT_KEY_PREFIX: &'static str = "tsess:";
 
     /// Wraps a connected fred client or pool.
+    ///
+    /// On Redis Cluster, build it with `max_redirections = 0` in its connection config, as
+    /// [`RedisCache::connect`] does: writes never follow a redirection whatever the client's
+    /// settings, but reads use the client's own (see [`TierErrorKind::Redirected`]).
     pub fn new(client: C) -> Self {
         Self {
             client,
