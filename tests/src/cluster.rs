@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::{ClusterHash, CustomCommand};
+use fred::types::{ClusterHash, CustomCommand, FromValue};
 
 use crate::poll::poll_until;
 use crate::redis::RedisServer;
@@ -154,27 +154,18 @@ impl RedisCluster {
     }
 
     /// `CLUSTER args…` on node `i`.
-    async fn cluster(&self, i: usize, args: Vec<Value>) -> Value {
-        self.nodes[i]
-            .admin()
-            .custom(
-                CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
-                args,
-            )
-            .await
-            .unwrap_or_else(|e| panic!("CLUSTER on node {i}: {e}"))
+    async fn cluster<R: FromValue>(&self, i: usize, args: Vec<Value>) -> R {
+        self.nodes[i].command("CLUSTER", args).await
     }
 
     /// The node id of node `i` (`CLUSTER MYID`).
     pub async fn node_id(&self, i: usize) -> String {
-        let id = self.cluster(i, vec!["MYID".into()]).await;
-        id.as_string().expect("CLUSTER MYID answers a string")
+        self.cluster(i, vec!["MYID".into()]).await
     }
 
     /// The index of the master serving `slot`, as node `i` sees it (`CLUSTER NODES`).
     pub async fn owner_of(&self, slot: u16, i: usize) -> Option<usize> {
-        let nodes = self.cluster(i, vec!["NODES".into()]).await;
-        let nodes = nodes.as_string()?;
+        let nodes: String = self.cluster(i, vec!["NODES".into()]).await;
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() < 9 || !fields[2].contains("master") {
@@ -210,16 +201,15 @@ impl RedisCluster {
         let setslot = |state: &str, id: &str| -> Vec<Value> {
             vec!["SETSLOT".into(), slot_arg.clone(), state.into(), id.into()]
         };
-        self.cluster(to, setslot("IMPORTING", &from_id)).await;
-        self.cluster(from, setslot("MIGRATING", &to_id)).await;
+        let _: Value = self.cluster(to, setslot("IMPORTING", &from_id)).await;
+        let _: Value = self.cluster(from, setslot("MIGRATING", &to_id)).await;
         loop {
-            let keys = self
+            let keys: Vec<Value> = self
                 .cluster(
                     from,
                     vec!["GETKEYSINSLOT".into(), slot_arg.clone(), 100.into()],
                 )
                 .await;
-            let keys: Vec<Value> = keys.into_array();
             if keys.is_empty() {
                 break;
             }
@@ -232,21 +222,14 @@ impl RedisCluster {
                 "KEYS".into(),
             ];
             args.extend(keys);
-            let _: Value = self.nodes[from]
-                .admin()
-                .custom(
-                    CustomCommand::new_static("MIGRATE", ClusterHash::Random, false),
-                    args,
-                )
-                .await
-                .expect("MIGRATE");
+            let _: Value = self.nodes[from].command("MIGRATE", args).await;
         }
         tokio::time::sleep(hold).await;
-        self.cluster(to, setslot("NODE", &to_id)).await;
-        self.cluster(from, setslot("NODE", &to_id)).await;
+        let _: Value = self.cluster(to, setslot("NODE", &to_id)).await;
+        let _: Value = self.cluster(from, setslot("NODE", &to_id)).await;
         for i in self.masters().await {
             if i != from && i != to {
-                self.cluster(i, setslot("NODE", &to_id)).await;
+                let _: Value = self.cluster(i, setslot("NODE", &to_id)).await;
             }
         }
     }
@@ -255,13 +238,8 @@ impl RedisCluster {
     /// `"MOVED"`.
     pub async fn error_replies(&self, i: usize) -> std::collections::BTreeMap<String, u64> {
         let info: String = self.nodes[i]
-            .admin()
-            .custom(
-                CustomCommand::new_static("INFO", ClusterHash::Random, false),
-                vec!["errorstats"],
-            )
-            .await
-            .expect("INFO errorstats");
+            .command("INFO", vec!["errorstats".into()])
+            .await;
         info.lines()
             .filter_map(|line| {
                 let (name, rest) = line.strip_prefix("errorstat_")?.split_once(':')?;

@@ -60,3 +60,15 @@ pub use tls::{Certs, TlsRedis, TLS_PASSWORD, TLS_USER};
 
 #[cfg(test)]
 mod tests;
+
+/// A session record with `{"n": n}` as its data, expiring in 30 minutes, for tests that
+/// create sessions through the store directly.
+pub fn record(n: i64) -> tiered_sessions::tower_sessions::session::Record {
+    tiered_sessions::tower_sessions::session::Record {
+        id: tiered_sessions::tower_sessions::session::Id::default(),
+        data: [("n".to_owned(), serde_json::json!(n))]
+            .into_iter()
+            .collect(),
+        expiry_date: time::OffsetDateTime::now_utc() + time::Duration::minutes(30),
+    }
+}

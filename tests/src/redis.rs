@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
-use fred::types::{ClusterHash, CustomCommand, InfoKind};
+use fred::types::{ClusterHash, CustomCommand, FromValue, InfoKind};
 use tempfile::TempDir;
 
 use crate::net::{free_port, port_in_use};
@@ -127,16 +127,22 @@ impl RedisServer {
         parse_commandstats(&info)
     }
 
-    /// `CONFIG RESETSTAT`: zeroes the command statistics (and the other `INFO` counters).
-    pub async fn reset_stats(&self) {
-        let _: Value = self
-            .admin
+    /// Runs `name args…` on this server with the admin client, e.g.
+    /// `command::<Value>("DEBUG", vec!["SLEEP".into(), "2".into()])`; panics with the
+    /// command and the error if it fails.
+    pub async fn command<R: FromValue>(&self, name: &'static str, args: Vec<Value>) -> R {
+        self.admin
             .custom(
-                CustomCommand::new_static("CONFIG", ClusterHash::Random, false),
-                vec!["RESETSTAT"],
+                CustomCommand::new_static(name, ClusterHash::Random, false),
+                args,
             )
             .await
-            .expect("CONFIG RESETSTAT failed: is the server killed or stopped?");
+            .unwrap_or_else(|e| panic!("{name} on port {} failed: {e}", self.port))
+    }
+
+    /// `CONFIG RESETSTAT`: zeroes the command statistics (and the other `INFO` counters).
+    pub async fn reset_stats(&self) {
+        let _: Value = self.command("CONFIG", vec!["RESETSTAT".into()]).await;
     }
 
     /// `FLUSHALL`: drops every key, as a lost cache would.

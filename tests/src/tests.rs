@@ -4,7 +4,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::{ClusterHash, CustomCommand};
 use sqlx::{Connection, PgConnection};
 
 use crate::process::process_exists;
@@ -49,14 +48,7 @@ async fn redis_restart_keeps_port_and_saved_keys() {
         .set("kept", "1", None, None, false)
         .await
         .expect("SET");
-    let _: Value = redis
-        .admin()
-        .custom(
-            CustomCommand::new_static("SAVE", ClusterHash::Random, false),
-            Vec::<String>::new(),
-        )
-        .await
-        .expect("SAVE");
+    let _: Value = redis.command("SAVE", Vec::new()).await;
 
     let old_pid = redis.pid();
     redis.kill();
@@ -99,23 +91,13 @@ async fn redis_extra_args_reach_the_server() {
     let redis =
         RedisServer::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru"]).await;
     let config: Vec<String> = redis
-        .admin()
-        .custom(
-            CustomCommand::new_static("CONFIG", ClusterHash::Random, false),
-            vec!["GET", "maxmemory"],
-        )
-        .await
-        .expect("CONFIG GET");
+        .command("CONFIG", vec!["GET".into(), "maxmemory".into()])
+        .await;
     assert_eq!(config, ["maxmemory", "2097152"]);
     // --enable-debug-command local is on.
     let _: Value = redis
-        .admin()
-        .custom(
-            CustomCommand::new_static("DEBUG", ClusterHash::Random, false),
-            vec!["SLEEP", "0"],
-        )
-        .await
-        .expect("DEBUG SLEEP");
+        .command("DEBUG", vec!["SLEEP".into(), "0".into()])
+        .await;
 }
 
 #[tokio::test]

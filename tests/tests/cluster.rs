@@ -11,7 +11,6 @@ use std::{
 };
 
 use fred::prelude::*;
-use fred::types::{ClusterHash, CustomCommand, FromValue};
 use tiered_sessions::{
     tower_sessions::{
         session::{Id, Record},
@@ -19,8 +18,7 @@ use tiered_sessions::{
     },
     PostgresDurable, RedisCache, TieredStore,
 };
-use tiered_sessions_tests::{poll_until, shared_postgres, RedisCluster, RedisServer};
-use time::OffsetDateTime;
+use tiered_sessions_tests::{poll_until, shared_postgres, RedisCluster};
 use tokio::sync::Mutex;
 
 /// One cluster at a time: six servers each, and failovers are timed.
@@ -48,27 +46,9 @@ async fn store_on(cluster: &RedisCluster, database_url: Option<&str>) -> TieredS
 }
 
 fn record(n: i64, user: &str) -> Record {
-    Record {
-        id: Id::default(),
-        data: [
-            ("n".to_owned(), serde_json::json!(n)),
-            ("user".to_owned(), serde_json::json!(user)),
-        ]
-        .into_iter()
-        .collect(),
-        expiry_date: OffsetDateTime::now_utc() + time::Duration::minutes(30),
-    }
-}
-
-/// `CLUSTER args…` on one node.
-async fn cluster_command<R: FromValue>(node: &RedisServer, args: &[&str]) -> R {
-    node.admin()
-        .custom(
-            CustomCommand::new_static("CLUSTER", ClusterHash::Random, false),
-            args.to_vec(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("CLUSTER {args:?}: {e}"))
+    let mut record = tiered_sessions_tests::record(n);
+    record.data.insert("user".to_owned(), user.into());
+    record
 }
 
 fn n_of(record: &Record) -> Option<i64> {
@@ -78,14 +58,7 @@ fn n_of(record: &Record) -> Option<i64> {
 async fn keys_per_master(cluster: &RedisCluster) -> Vec<u64> {
     let mut counts = Vec::new();
     for i in cluster.masters().await {
-        let n: u64 = cluster.nodes()[i]
-            .admin()
-            .custom(
-                CustomCommand::new_static("DBSIZE", ClusterHash::Random, false),
-                Vec::<Value>::new(),
-            )
-            .await
-            .expect("DBSIZE");
+        let n: u64 = cluster.nodes()[i].command("DBSIZE", Vec::new()).await;
         counts.push(n);
     }
     counts
@@ -196,9 +169,10 @@ async fn master_fails_under_load(durable: bool, how: &str) {
         "kill" => cluster.node_mut(master).kill(),
         _ => {
             // A manual failover: run on a replica of that master.
-            let master_id: String = cluster_command(&cluster.nodes()[master], &["MYID"]).await;
-            let replicas: Vec<String> =
-                cluster_command(&cluster.nodes()[master], &["REPLICAS", &master_id]).await;
+            let master_id = cluster.node_id(master).await;
+            let replicas: Vec<String> = cluster.nodes()[master]
+                .command("CLUSTER", vec!["REPLICAS".into(), master_id.into()])
+                .await;
             let replicas = replicas.join("\n");
             let port = replicas
                 .split_whitespace()
@@ -212,7 +186,7 @@ async fn master_fails_under_load(durable: bool, how: &str) {
                 .iter()
                 .find(|n| n.port() == port)
                 .expect("the replica is ours");
-            let _: Value = cluster_command(replica, &["FAILOVER"]).await;
+            let _: Value = replica.command("CLUSTER", vec!["FAILOVER".into()]).await;
         }
     }
     let healed = poll_until(
@@ -304,11 +278,11 @@ async fn a_delete_lost_in_a_failover_never_revives_a_logout() {
         }
     }
     let master = master.expect("a master holds the session");
-    let master_id: String = cluster_command(&cluster.nodes()[master], &["MYID"]).await;
+    let master_id = cluster.node_id(master).await;
     let replica = {
         let mut found = None;
         for (i, node) in cluster.nodes().iter().enumerate() {
-            let info: String = cluster_command(node, &["NODES"]).await;
+            let info: String = node.command("CLUSTER", vec!["NODES".into()]).await;
             let me = info
                 .lines()
                 .find(|l| l.contains("myself"))
@@ -325,13 +299,11 @@ async fn a_delete_lost_in_a_failover_never_revives_a_logout() {
     // again: it takes over without the tombstone.
     cluster.nodes()[replica].stop_process();
     let _: Value = cluster.nodes()[master]
-        .admin()
-        .custom(
-            CustomCommand::new_static("CLIENT", ClusterHash::Random, false),
-            vec!["KILL", "TYPE", "replica"],
+        .command(
+            "CLIENT",
+            vec!["KILL".into(), "TYPE".into(), "replica".into()],
         )
-        .await
-        .expect("CLIENT KILL TYPE replica");
+        .await;
     store.delete(&id).await.expect("logout");
     cluster.node_mut(master).kill();
     cluster.nodes()[replica].cont_process();

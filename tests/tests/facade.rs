@@ -5,10 +5,6 @@ mod common;
 use std::time::Duration;
 
 use common::{app, id_of, send, start_session};
-use fred::{
-    interfaces::ClientLike,
-    types::{ClusterHash, CustomCommand},
-};
 use tiered_sessions::{tower_sessions::SessionStore, BuildError, Builder};
 use tiered_sessions_tests::{shared_postgres, RedisServer};
 
@@ -47,14 +43,7 @@ async fn redis_and_postgres_urls_build_a_tiered_store() {
     assert_eq!(store.idle_timeout(), Duration::from_secs(600));
     let app = app(&store);
     let cookie = start_session(&app).await;
-    let keys: Vec<String> = redis
-        .admin()
-        .custom(
-            CustomCommand::new_static("KEYS", ClusterHash::Random, false),
-            vec!["app1:*"],
-        )
-        .await
-        .expect("KEYS");
+    let keys: Vec<String> = redis.command("KEYS", vec!["app1:*".into()]).await;
     assert_eq!(keys.len(), 1, "the key prefix is applied: {keys:?}");
     redis.flushall().await;
     assert_eq!(send(&app, "GET", "/read", Some(&cookie)).await.body, "1");

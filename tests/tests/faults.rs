@@ -16,7 +16,6 @@ use std::{
 };
 
 use fred::prelude::*;
-use fred::types::{ClusterHash, CustomCommand};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tiered_sessions::{
     tower_sessions::{
@@ -27,7 +26,7 @@ use tiered_sessions::{
 };
 use tiered_sessions_core::envelope::{self, Entry};
 use tiered_sessions_tests::{
-    poll_some, poll_until, shared_postgres, Fault, FaultProxy, PostgresCluster, RedisServer,
+    poll_some, poll_until, record, shared_postgres, Fault, FaultProxy, PostgresCluster, RedisServer,
 };
 use time::OffsetDateTime;
 use tokio::{sync::Mutex, task::JoinHandle};
@@ -68,16 +67,6 @@ async fn durable(url: &str) -> PostgresDurable {
     durable
 }
 
-fn record(n: i64) -> Record {
-    Record {
-        id: Id::default(),
-        data: [("n".to_owned(), serde_json::json!(n))]
-            .into_iter()
-            .collect(),
-        expiry_date: OffsetDateTime::now_utc() + time::Duration::minutes(30),
-    }
-}
-
 async fn create(store: &TieredStore, n: i64) -> Id {
     let mut record = record(n);
     store.create(&mut record).await.expect("create");
@@ -111,17 +100,6 @@ async fn durable_n(durable: &PostgresDurable, id: &Id) -> Option<i64> {
         .await
         .expect("durable load")?;
     envelope::decode_data(&row.data)?.get("n")?.as_i64()
-}
-
-async fn admin_command(redis: &RedisServer, name: &'static str, args: Vec<Value>) -> Value {
-    redis
-        .admin()
-        .custom(
-            CustomCommand::new_static(name, ClusterHash::Random, false),
-            args,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 // --- load ------------------------------------------------------------------------------------
@@ -515,7 +493,9 @@ async fn debug_sleep_under_load() {
     let rig = Rig::new(false).await;
     let load = rig.load().await;
     let begin = Instant::now();
-    admin_command(&rig.redis, "DEBUG", vec!["SLEEP".into(), "2".into()]).await;
+    rig.redis
+        .command::<Value>("DEBUG", vec!["SLEEP".into(), "2".into()])
+        .await;
     let end = Instant::now();
     rig.finish(load, "DEBUG SLEEP 2 (slow)", (begin, end)).await;
 }
@@ -526,7 +506,9 @@ async fn client_pause_under_load() {
     let rig = Rig::new(false).await;
     let load = rig.load().await;
     let begin = Instant::now();
-    admin_command(&rig.redis, "CLIENT", vec!["PAUSE".into(), "2000".into()]).await;
+    rig.redis
+        .command::<Value>("CLIENT", vec!["PAUSE".into(), "2000".into()])
+        .await;
     load.run_for(Duration::from_secs(2)).await;
     let end = Instant::now();
     rig.finish(load, "CLIENT PAUSE 2000 ALL", (begin, end))
@@ -539,12 +521,12 @@ async fn writes_paused_under_load() {
     let rig = Rig::new(false).await;
     let load = rig.load().await;
     let begin = Instant::now();
-    admin_command(
-        &rig.redis,
-        "CLIENT",
-        vec!["PAUSE".into(), "2000".into(), "WRITE".into()],
-    )
-    .await;
+    rig.redis
+        .command::<Value>(
+            "CLIENT",
+            vec!["PAUSE".into(), "2000".into(), "WRITE".into()],
+        )
+        .await;
     load.run_for(Duration::from_secs(2)).await;
     let end = Instant::now();
     rig.finish(load, "CLIENT PAUSE 2000 WRITE", (begin, end))
@@ -561,12 +543,12 @@ async fn writes_paused_reads_return_the_new_data() {
     let rig = Rig::new(false).await;
     let id = create(&rig.store, 1).await;
     assert_eq!(load_n(&rig.store, &id).await, Some(1));
-    admin_command(
-        &rig.redis,
-        "CLIENT",
-        vec!["PAUSE".into(), "3000".into(), "WRITE".into()],
-    )
-    .await;
+    rig.redis
+        .command::<Value>(
+            "CLIENT",
+            vec!["PAUSE".into(), "3000".into(), "WRITE".into()],
+        )
+        .await;
     let started = Instant::now();
     assert_eq!(increment(&rig.store, &id).await, Ok(Some(2)));
     assert!(
@@ -579,7 +561,9 @@ async fn writes_paused_reads_return_the_new_data() {
         started.elapsed() < Duration::from_secs(2),
         "read during the pause"
     );
-    admin_command(&rig.redis, "CLIENT", vec!["UNPAUSE".into()]).await;
+    rig.redis
+        .command::<Value>("CLIENT", vec!["UNPAUSE".into()])
+        .await;
     assert_eq!(load_n(&rig.store, &id).await, Some(2));
 }
 
@@ -643,7 +627,7 @@ async fn restart_from_an_older_snapshot_never_resurrects_a_logout() {
     let id = create(&rig.store, 1).await;
     let changed = create(&rig.store, 1).await;
     assert_eq!(load_n(&rig.store, &id).await, Some(1));
-    let _: Value = admin_command(&rig.redis, "SAVE", Vec::new()).await;
+    let _: Value = rig.redis.command::<Value>("SAVE", Vec::new()).await;
     rig.store.delete(&id).await.expect("logout");
     assert_eq!(increment(&rig.store, &changed).await, Ok(Some(2)));
     // SIGKILL: no save on the way down (SHUTDOWN NOSAVE); the restart loads dump.rdb.
@@ -765,7 +749,9 @@ async fn concurrent_writers_never_leave_a_torn_or_stale_record() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    admin_command(&rig.redis, "CLIENT", vec!["PAUSE".into(), "500".into()]).await;
+    rig.redis
+        .command::<Value>("CLIENT", vec!["PAUSE".into(), "500".into()])
+        .await;
     for task in tasks {
         task.await.expect("writer");
     }

@@ -3,26 +3,11 @@
 //! `rediss://` with that CA, and wrong settings are clear errors without secrets in them.
 
 use tiered_sessions::{
-    tower_sessions::{
-        session::{Id, Record},
-        SessionStore,
-    },
-    BuildError, Builder, RedisCache, StorageKey, TieredStore,
+    tower_sessions::SessionStore, BuildError, Builder, RedisCache, StorageKey, TieredStore,
 };
 use tiered_sessions_tests::{
-    shared_postgres, RedisServer, TlsRedis, TLS_PASSWORD as PASSWORD, TLS_USER as USER,
+    record, shared_postgres, RedisServer, TlsRedis, TLS_PASSWORD as PASSWORD, TLS_USER as USER,
 };
-use time::OffsetDateTime;
-
-fn record(n: i64) -> Record {
-    Record {
-        id: Id::default(),
-        data: [("n".to_owned(), serde_json::json!(n))]
-            .into_iter()
-            .collect(),
-        expiry_date: OffsetDateTime::now_utc() + time::Duration::minutes(30),
-    }
-}
 
 async fn exercise(store: &TieredStore, redis: &TlsRedis) {
     let mut created = record(1);

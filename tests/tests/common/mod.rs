@@ -13,10 +13,7 @@ use axum::{
     routing::{get, post},
     Router,
 };
-use fred::{
-    prelude::*,
-    types::{ClusterHash, CustomCommand},
-};
+use fred::prelude::*;
 use http_body_util::BodyExt;
 use serde_json::Value as Json;
 use sqlx::{PgPool, Row as _, SqlitePool};
@@ -440,14 +437,7 @@ impl Fixture {
     pub async fn cache_keys(&self) -> Vec<String> {
         let mut all = Vec::new();
         for server in self.key_servers().await {
-            let keys: Vec<String> = server
-                .admin()
-                .custom(
-                    CustomCommand::new_static("KEYS", ClusterHash::Random, false),
-                    vec!["*"],
-                )
-                .await
-                .expect("KEYS");
+            let keys: Vec<String> = server.command("KEYS", vec!["*".into()]).await;
             all.extend(keys);
         }
         all
