@@ -413,9 +413,16 @@ where
     /// Wraps a connected fred client or pool.
     ///
     /// On Redis Cluster, build it with `max_redirections = 0` in its connection config, as
-    /// [`RedisCache::connect`] does: writes never follow a redirection whatever the client's
-    /// settings, but reads use the client's own (see [`TierErrorKind::Redirected`]).
+    /// [`RedisCache::connect`] does (see [`TierErrorKind::Redirected`]); a cluster client
+    /// that follows redirections is logged as a warning here.
     pub fn new(client: C) -> Self {
+        if client.is_clustered() && client.connection_config().max_redirections != NO_REDIRECTIONS {
+            tracing::warn!(
+                "the Redis Cluster client follows MOVED/ASK redirections: fred 10.1 can then \
+                 hand replies to the wrong commands during a slot migration; set \
+                 `max_redirections = 0` in its connection config"
+            );
+        }
         Self {
             client,
             prefix: Self::DEFAULT_KEY_PREFIX.into(),
@@ -583,7 +590,9 @@ where
 
 /// How many `MOVED` or `ASK` redirections fred follows: none. A redirected command fails
 /// with [`TierErrorKind::Redirected`] instead (the store serves that session from the
-/// durable tier meanwhile), and fred refreshes its slot map after a `MOVED`.
+/// durable tier meanwhile), and fred refreshes its slot map after a `MOVED`. It is set for
+/// the whole client, not per command: the reply mix-up below hits every command on the
+/// connection, whichever one was redirected.
 ///
 /// fred 10.1 follows an `ASK` by sending `ASKING` to the importing node and taking the next
 /// reply on that pipelined connection as its answer: with other commands in flight there,
@@ -593,12 +602,10 @@ const NO_REDIRECTIONS: u32 = 0;
 
 /// Per-command options for a cache: fail at once while the connection is down instead of
 /// queueing (a queued write replayed after a reconnect could land after a later change),
-/// one attempt, and no redirection followed (see [`NO_REDIRECTIONS`]; this holds for
-/// writes on a client built by the caller too).
+/// and one attempt.
 fn command_options() -> Options {
     Options {
         max_attempts: Some(1),
-        max_redirections: Some(NO_REDIRECTIONS),
         fail_fast: true,
         ..Options::default()
     }
